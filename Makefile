@@ -1,0 +1,62 @@
+# kubetrain: the entry points people and CI use. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= lora,vision,dev
+CLUSTER_DIR ?= .cluster
+KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
+
+.PHONY: help setup venv binaries test lint unit integration crds cluster-up cluster-down demo clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: venv binaries ## everything a fresh machine needs: .venv with all extras, the pinned Kubernetes binaries in bin/
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "[setup] python environment in $(VENV) (extras: $(EXTRAS))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[$(EXTRAS)]'
+	@touch $@
+
+binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm into bin/ (cached)
+	@bash hack/build-binaries.sh
+
+test: lint ## every test tier (the README's test command)
+	@bash hack/pytest.sh tests
+
+unit: ## unit tests only (no cluster)
+	@bash hack/pytest.sh tests/unit
+
+integration: ## integration tests only (real local control plane)
+	@bash hack/pytest.sh tests/integration
+
+lint: ## ruff, mypy --strict, import contracts
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+crds: ## regenerate crds/ and the chart's copy from the pydantic models
+	$(PY) -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/crds
+
+cluster-up: ## start the local cluster; writes .cluster/kubeconfig
+	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR)
+
+cluster-down: ## stop the local cluster (every process it started, by PID)
+	@$(PY) -m kubetrain.localcluster down --dir $(CLUSTER_DIR)
+
+demo: cluster-up ## the main job (for now: the local cluster, shown)
+	$(KUBECTL) version
+	$(KUBECTL) get --raw /readyz; echo
+	$(KUBECTL) get namespaces
+	$(KUBECTL) get serviceaccounts -A
+
+clean: cluster-down ## remove build output (the binary cache in ~/.cache/kubetrain stays)
+	rm -rf bin $(VENV) $(CLUSTER_DIR)
