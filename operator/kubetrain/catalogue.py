@@ -1,0 +1,117 @@
+"""The GPU catalogue: what each ``resources.gpuType`` means on this cluster.
+
+Each entry says how to land a Pod on that hardware (node labels as set by NVIDIA GPU
+Feature Discovery, tolerations, the extended resource to request) and what it costs per
+GPU-hour. Platform teams replace or extend the defaults with a YAML file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class GPUType(BaseModel):
+    """One kind of accelerator (or ``cpu``) that jobs may ask for."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    description: str = ""
+    products: list[str] = Field(
+        default_factory=list,
+        description="Values of the nvidia.com/gpu.product node label, any of which matches.",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    resource_name: str | None = Field(
+        default=GPU_RESOURCE, description="Extended resource to request; null for CPU-only."
+    )
+    memory_gib: float = Field(default=0, ge=0)
+    price_per_hour: float = Field(
+        default=0, ge=0, description="USD per GPU-hour (per worker-hour for CPU-only types)."
+    )
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.resource_name is not None
+
+
+_GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _gpu(description: str, products: list[str], memory_gib: float, price: float) -> GPUType:
+    return GPUType(
+        description=description,
+        products=products,
+        tolerations=[dict(_GPU_TOLERATION)],
+        memory_gib=memory_gib,
+        price_per_hour=price,
+    )
+
+
+DEFAULT_GPU_TYPES: dict[str, GPUType] = {
+    "h200": _gpu("NVIDIA H200 141GB", ["NVIDIA-H200", "NVIDIA-H200-NVL"], 141, 5.50),
+    "h100": _gpu(
+        "NVIDIA H100 80GB",
+        ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"],
+        80,
+        4.50,
+    ),
+    "a100": _gpu(
+        "NVIDIA A100 40/80GB",
+        [
+            "NVIDIA-A100-SXM4-80GB",
+            "NVIDIA-A100-SXM4-40GB",
+            "NVIDIA-A100-80GB-PCIe",
+            "NVIDIA-A100-PCIE-40GB",
+        ],
+        80,
+        3.00,
+    ),
+    "l4": _gpu("NVIDIA L4 24GB", ["NVIDIA-L4"], 24, 0.80),
+    "a10g": _gpu("NVIDIA A10G 24GB", ["NVIDIA-A10G"], 24, 1.20),
+    "v100": _gpu(
+        "NVIDIA V100 16/32GB",
+        [
+            "Tesla-V100-SXM2-16GB",
+            "Tesla-V100-SXM2-32GB",
+            "Tesla-V100-PCIE-16GB",
+            "Tesla-V100-PCIE-32GB",
+        ],
+        32,
+        2.50,
+    ),
+    "rtx4090": _gpu("NVIDIA GeForce RTX 4090 24GB", ["NVIDIA-GeForce-RTX-4090"], 24, 0.70),
+    "cpu": GPUType(description="CPU only", resource_name=None, price_per_hour=0.10),
+}
+
+
+class Catalogue(BaseModel):
+    """The GPU types this operator knows, by the key users write in ``gpuType``.
+
+    Entries given in configuration are laid over the defaults (same key replaces);
+    ``replaceDefaults: true`` drops the defaults altogether.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    gpu_types: dict[str, GPUType] = Field(default_factory=dict)
+    replace_defaults: bool = False
+
+    @model_validator(mode="after")
+    def _over_defaults(self) -> Catalogue:
+        if not self.replace_defaults:
+            self.gpu_types = DEFAULT_GPU_TYPES | self.gpu_types
+        return self
+
+    def get(self, key: str) -> GPUType | None:
+        return self.gpu_types.get(key)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.gpu_types)

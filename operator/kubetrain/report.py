@@ -1,0 +1,127 @@
+"""The progress report a trainer writes to an annotation on its own Pod.
+
+One module for both sides: the trainer runtime builds a ``ProgressReport`` and serialises
+it with ``encode``; the operator reads the annotation back with ``decode``, which treats
+it as untrusted input (bounded size, strict types, finite numbers in range) and raises
+``ReportError`` with the reason instead of ever passing bad data on.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+ANNOTATION = "kubetrain.io/progress"
+"""The Pod annotation that carries the JSON report."""
+
+MAX_REPORT_BYTES = 32 * 1024
+MAX_CHECKPOINTS = 64
+FORMAT_VERSION: Literal[1] = 1
+
+EXIT_STOPPED = 143
+"""Exit code of a trainer that checkpointed on SIGTERM and stopped: resumable, not a failure."""
+
+_BIG = 1e15
+Count = Annotated[int, Field(ge=0, le=10**12)]
+Real = Annotated[float, Field(ge=-_BIG, le=_BIG, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, le=_BIG, allow_inf_nan=False)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+TrainerState = Literal["starting", "running", "checkpointing", "stopping", "completed", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class ReportedCheckpoint(_Model):
+    """A complete checkpoint on the job's volume, as the trainer wrote it."""
+
+    id: Identifier
+    epoch: Count
+    step: Count
+    loss: Real | None = None
+    created_at: datetime
+    size_bytes: Count = 0
+    path: Annotated[str, Field(max_length=1024)]
+
+
+class ReportedModel(_Model):
+    """Where the trained result is (adapter, weights, ONNX) on the job's volume."""
+
+    path: Annotated[str, Field(max_length=1024)]
+    format: Annotated[str, Field(max_length=64)] = ""
+
+
+class ProgressReport(_Model):
+    """One snapshot of training progress from rank 0 of a job."""
+
+    version: Literal[1] = FORMAT_VERSION
+    time: datetime
+    state: TrainerState = "running"
+    epoch: Count = 0
+    total_epochs: Count = 0
+    step: Count = 0
+    total_steps: Count = 0
+    loss: Real | None = None
+    eval_loss: Real | None = None
+    learning_rate: NonNegative | None = None
+    throughput: NonNegative | None = None
+    throughput_unit: Annotated[str, Field(max_length=32)] = "samples/s"
+    gpu_memory_bytes: Count | None = None
+    metrics: dict[Annotated[str, Field(max_length=63)], Real] = Field(default_factory=dict)
+    checkpoints: list[ReportedCheckpoint] = Field(default_factory=list, max_length=MAX_CHECKPOINTS)
+    model: ReportedModel | None = None
+    message: Annotated[str, Field(max_length=1024)] = ""
+
+    @field_validator("metrics")
+    @classmethod
+    def _few_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        if len(value) > 32:
+            raise ValueError("at most 32 metrics")
+        return value
+
+
+class ReportError(ValueError):
+    """A report the operator must ignore, with the reason in the message."""
+
+
+def encode(report: ProgressReport) -> str:
+    """Serialise a report for the annotation (camelCase JSON, no nulls)."""
+    text = report.model_dump_json(by_alias=True, exclude_none=True)
+    if len(text.encode()) > MAX_REPORT_BYTES:
+        raise ReportError(f"report is {len(text.encode())} bytes, over {MAX_REPORT_BYTES}")
+    return text
+
+
+def decode(text: str) -> ProgressReport:
+    """Parse and validate an annotation value written by a trainer (untrusted)."""
+    size = len(text.encode(errors="replace"))
+    if size > MAX_REPORT_BYTES:
+        raise ReportError(f"report is {size} bytes, over the {MAX_REPORT_BYTES}-byte limit")
+    try:
+        raw = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:
+        raise ReportError(f"report is not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ReportError("report must be a JSON object")
+    try:
+        report = ProgressReport.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "report"
+        raise ReportError(f"invalid report field {where}: {first['msg']}") from None
+    if report.total_steps and report.step > report.total_steps:
+        raise ReportError(f"step {report.step} is past totalSteps {report.total_steps}")
+    if report.total_epochs and report.epoch > report.total_epochs:
+        raise ReportError(f"epoch {report.epoch} is past totalEpochs {report.total_epochs}")
+    return report
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")

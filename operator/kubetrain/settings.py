@@ -1,0 +1,91 @@
+"""Operator configuration: defaults, overridden by a config file, then env, then flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubetrain.catalogue import Catalogue
+
+ENV_PREFIX = "KUBETRAIN_"
+
+
+class TrainerImages(BaseModel):
+    """The trainer container image and entry point for each model type."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    llm: str = "ghcr.io/kubetrain/trainer-lora:0.1.0"
+    vision: str = "ghcr.io/kubetrain/trainer-vision:0.1.0"
+    multimodal: str = "ghcr.io/kubetrain/trainer-lora:0.1.0"
+    llm_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "kubetrain.trainer.lora"]
+    )
+    vision_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "kubetrain.trainer.vision"]
+    )
+    pull_policy: str = "IfNotPresent"
+
+
+class Settings(BaseModel):
+    """Everything the operator is configured with (besides its kubeconfig)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    catalogue: Catalogue = Field(default_factory=Catalogue)
+    images: TrainerImages = Field(default_factory=TrainerImages)
+    termination_grace_period_seconds: int = Field(
+        default=120, ge=1, description="Time a trainer gets to checkpoint after SIGTERM."
+    )
+    status_interval_seconds: float = Field(
+        default=3.0, ge=0, description="At most one progress-only status write per job per this."
+    )
+    resync_seconds: float = Field(
+        default=15.0, gt=0, description="How often running jobs are re-evaluated (ETA, cost)."
+    )
+    master_port: int = Field(default=29500, ge=1, le=65535)
+    default_checkpoint_size: str = "20Gi"
+    priority_classes: dict[str, str] = Field(
+        default_factory=lambda: {
+            "high": "kubetrain-high",
+            "normal": "kubetrain-normal",
+            "low": "kubetrain-low",
+        }
+    )
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_address: str = "0.0.0.0"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """KUBETRAIN_STATUS_INTERVAL_SECONDS=5 -> {"status_interval_seconds": "5"}."""
+    fields = Settings.model_fields
+    found: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in fields and name not in ("catalogue", "images", "priority_classes"):
+                found[name] = value
+    return found
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+    **flags: Any,
+) -> Settings:
+    """Build the settings: file (YAML, camelCase keys) < environment < explicit flags."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: the operator config must be a mapping")
+        data.update(loaded)
+    base = Settings.model_validate(data)
+    merged = base.model_dump() | _env_overrides(dict(os.environ if environ is None else environ))
+    merged |= {k: v for k, v in flags.items() if v is not None}
+    return Settings.model_validate(merged)
