@@ -31,7 +31,13 @@ class GPUType(BaseModel):
     resource_name: str | None = Field(
         default=GPU_RESOURCE, description="Extended resource to request; null for CPU-only."
     )
-    memory_gib: float = Field(default=0, ge=0)
+    memory_gib: float = Field(default=0, ge=0, description="Memory of one GPU, in GiB.")
+    worker_cpu: str | None = Field(
+        default=None, description="CPU each worker requests when the job does not say."
+    )
+    worker_memory: str | None = Field(
+        default=None, description="Memory each worker requests when the job does not say."
+    )
     price_per_hour: float = Field(
         default=0, ge=0, description="USD per GPU-hour (per worker-hour for CPU-only types)."
     )
@@ -50,6 +56,8 @@ def _gpu(description: str, products: list[str], memory_gib: float, price: float)
         products=products,
         tolerations=[dict(_GPU_TOLERATION)],
         memory_gib=memory_gib,
+        worker_cpu="8",
+        worker_memory="64Gi",
         price_per_hour=price,
     )
 
@@ -87,7 +95,13 @@ DEFAULT_GPU_TYPES: dict[str, GPUType] = {
         2.50,
     ),
     "rtx4090": _gpu("NVIDIA GeForce RTX 4090 24GB", ["NVIDIA-GeForce-RTX-4090"], 24, 0.70),
-    "cpu": GPUType(description="CPU only", resource_name=None, price_per_hour=0.10),
+    "cpu": GPUType(
+        description="CPU only",
+        resource_name=None,
+        worker_cpu="1",
+        worker_memory="2Gi",
+        price_per_hour=0.10,
+    ),
 }
 
 
@@ -102,6 +116,9 @@ class Catalogue(BaseModel):
 
     gpu_types: dict[str, GPUType] = Field(default_factory=dict)
     replace_defaults: bool = False
+    default_type: str = Field(
+        default="a100", description="The gpuType of jobs that do not name one."
+    )
 
     @model_validator(mode="after")
     def _over_defaults(self) -> Catalogue:

@@ -1,0 +1,65 @@
+"""``python -m kubetrain``: run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import kopf
+
+from kubetrain import handlers
+from kubetrain.settings import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetrain", description="The kubetrain operator.")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
+    parser.add_argument("--config", type=Path, help="operator config file (YAML; GPU catalogue)")
+    parser.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
+    parser.add_argument("--standalone", action="store_true", help="no peering with replicas")
+    parser.add_argument("--peering", default="kubetrain", help="peering object name (HA)")
+    parser.add_argument("--workers", type=int, default=4, help="reconcile threads")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="probe URL")
+    parser.add_argument("--status-interval-seconds", type=float, help="status write throttle")
+    parser.add_argument("--resync-seconds", type=float, help="re-evaluation period")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per event
+    settings = load_settings(
+        args.config,
+        metrics_port=args.metrics_port,
+        status_interval_seconds=args.status_interval_seconds,
+        resync_seconds=args.resync_seconds,
+    )
+    memo = kopf.Memo(
+        settings=settings,
+        workers=args.workers,
+        kubeconfig=args.kubeconfig,
+        standalone=args.standalone,
+    )
+    assert handlers  # registered on import
+    asyncio.run(
+        kopf.operator(
+            standalone=args.standalone,
+            peering_name=None if args.standalone else args.peering,
+            namespaces=args.namespace or [],
+            clusterwide=not args.namespace,
+            liveness_endpoint=args.liveness or None,
+            memo=memo,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The operator's moving parts: watch cache, work queue, reconciler and worker threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from kubetrain import metrics
+from kubetrain.kube import Cluster
+from kubetrain.reconcile.cache import Cache, Key
+from kubetrain.reconcile.queue import WorkQueue
+from kubetrain.reconcile.reconciler import Reconciler
+from kubetrain.render import LABEL_JOB
+from kubetrain.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    """Feeds watch events into the cache and queue; workers reconcile queued jobs."""
+
+    def __init__(self, cluster: Cluster, settings: Settings, workers: int = 4) -> None:
+        self.cache = Cache()
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.reconciler = Reconciler(cluster, self.cache, settings)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
+            for i in range(workers)
+        ]
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+
+    def stop(self) -> None:
+        self.queue.close()
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+    def job_event(self, event: Mapping[str, Any]) -> None:
+        body = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        key: Key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event.get("type") == "DELETED":
+            self.cache.drop_job(key)
+            self.reconciler.forget(key)
+            metrics.forget_job(key)
+            return
+        self.cache.put_job(body)
+        self.queue.add(key)
+
+    def pod_event(self, event: Mapping[str, Any]) -> None:
+        body = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        job = (meta.get("labels") or {}).get(LABEL_JOB)
+        if not job:
+            return
+        key: Key = (meta.get("namespace", ""), job)
+        if event.get("type") == "DELETED":
+            self.cache.drop_pod(key, meta.get("name", ""))
+        else:
+            self.cache.put_pod(key, body)
+        self.queue.add(key)
+
+    def _work(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                again = self.reconciler.reconcile(key)
+            except Exception:
+                log.exception("reconcile %s/%s failed", *key)
+                metrics.ERRORS.labels("unexpected").inc()
+                again = 10.0
+            finally:
+                self.queue.done(key)
+            if again is not None:
+                self.queue.add(key, again)

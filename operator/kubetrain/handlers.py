@@ -1,0 +1,96 @@
+"""kopf registration, and nothing else: every handler hands its event to the Controller."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.controller import Controller
+from kubetrain.kube import Cluster
+from kubetrain.render import LABEL_JOB, MANAGED_BY
+from kubetrain.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _api_client(kubeconfig: str | None, pool: int) -> client.ApiClient:
+    configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = pool
+    return client.ApiClient(configuration)
+
+
+@kopf.on.startup()
+def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Build the controller from the options __main__ put in the memo."""
+    operator_settings: Settings = memo["settings"]
+    if memo.get("standalone"):
+        settings.peering.standalone = True
+    else:
+        settings.peering.priority = random.randint(0, 2**31 - 1)  # the highest live peer acts
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    workers = int(memo.get("workers", 4))
+    api = memo["api_client"] = _api_client(memo.get("kubeconfig"), pool=workers * 2 + 2)
+    cluster = Cluster(api)
+    controller = Controller(cluster, operator_settings, workers=workers)
+    memo["controller"] = controller
+    controller.start()
+    if operator_settings.metrics_port:
+        start_http_server(operator_settings.metrics_port, operator_settings.metrics_address)
+    log.info("kubetrain operator started with %d workers", workers)
+
+
+@kopf.on.login()
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use the same credentials as the operator's own client."""
+    configuration = memo["api_client"].configuration
+    token = (configuration.api_key or {}).get("authorization", "")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        scheme="Bearer" if token else None,
+        token=token.removeprefix("Bearer ") or None,
+    )
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        controller.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def training_job(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    memo["controller"].job_event(event)
+
+
+@kopf.on.event(
+    "", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, "app.kubernetes.io/managed-by": MANAGED_BY}
+)
+def worker_pod(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    memo["controller"].pod_event(event)
+
+
+@kopf.on.probe(id="queued")
+def queued(memo: kopf.Memo, **_: Any) -> int:
+    """Jobs waiting for a reconcile, shown on the liveness endpoint."""
+    controller: Controller | None = memo.get("controller")
+    return len(controller.queue) if controller else 0

@@ -1,0 +1,123 @@
+"""The one small layer through which the operator talks to the cluster."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubetrain.api.base import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+COMPONENT = "kubetrain-operator"
+
+
+class StaleError(Exception):
+    """The object changed since it was read; read again and retry."""
+
+
+class Cluster:
+    """Typed access to exactly the objects the operator manages."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.requests = 0
+
+    def _count(self) -> None:
+        self.requests += 1
+
+    def create(self, manifest: JSON) -> bool:
+        """Create ``manifest``; False when it already exists (creation is idempotent)."""
+        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
+        create: Any = {
+            "Pod": self.core.create_namespaced_pod,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Service": self.core.create_namespaced_service,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+        }[kind]
+        self._count()
+        try:
+            create(ns, manifest)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
+        self._count()
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def replace_status(self, job: JSON) -> JSON:
+        """Write ``job['status']`` guarded by its resourceVersion; StaleError when stale."""
+        meta = job["metadata"]
+        self._count()
+        try:
+            result = cast(
+                JSON,
+                self.custom.replace_namespaced_custom_object_status(
+                    GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], job
+                ),
+            )
+        except ApiException as err:
+            if err.status in (404, 409):
+                raise StaleError(f"{meta['namespace']}/{meta['name']}: {err.reason}") from None
+            raise
+        return result
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self._count()
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def post_event(self, job: JSON, type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event about the job (best effort: never fails the reconcile)."""
+        meta = job["metadata"]
+        now = datetime.now(UTC)
+        event: JSON = {
+            "metadata": {
+                "name": f"{meta['name']}.{time.time_ns():x}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": job.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": job.get("kind", "TrainingJob"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        self._count()
+        try:
+            self.core.create_namespaced_event(meta["namespace"], cast(Any, event))
+        except ApiException as err:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], err.reason)

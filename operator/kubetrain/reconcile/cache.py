@@ -1,0 +1,68 @@
+"""What the operator has seen through its watches: TrainingJobs and their worker Pods."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+JSON = dict[str, Any]
+Key = tuple[str, str]
+
+
+def resource_version(obj: JSON) -> int:
+    """The object's resourceVersion as a number (etcd revisions grow), -1 if unreadable."""
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return -1
+
+
+class Cache:
+    """Latest bodies by key, fed by watch events; safe to read from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[Key, JSON] = {}
+        self._pods: dict[Key, dict[str, JSON]] = {}
+
+    def put_job(self, body: JSON) -> Key:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            self._jobs[key] = self._newer(self._jobs.get(key), body)
+        return key
+
+    def drop_job(self, key: Key) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    def job(self, key: Key) -> JSON | None:
+        with self._lock:
+            return self._jobs.get(key)
+
+    def jobs(self) -> list[JSON]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def put_pod(self, job: Key, body: JSON) -> None:
+        name = body["metadata"]["name"]
+        with self._lock:
+            pods = self._pods.setdefault(job, {})
+            pods[name] = self._newer(pods.get(name), body)
+
+    def drop_pod(self, job: Key, name: str) -> None:
+        with self._lock:
+            pods = self._pods.get(job, {})
+            pods.pop(name, None)
+            if not pods:
+                self._pods.pop(job, None)
+
+    def pods(self, job: Key) -> list[JSON]:
+        with self._lock:
+            return list(self._pods.get(job, {}).values())
+
+    @staticmethod
+    def _newer(old: JSON | None, new: JSON) -> JSON:
+        """Keep whichever body is newer: a write's response may arrive before its watch event."""
+        if old is not None and resource_version(old) > resource_version(new):
+            return old
+        return new

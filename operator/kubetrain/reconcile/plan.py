@@ -1,0 +1,392 @@
+"""The reconciler's decisions, as a pure function of the job, its Pods and the time.
+
+``plan`` looks at what is (the TrainingJob with its last written status, the worker Pods)
+and says what should be: the new status, which Pods to create or delete, which Events to
+post. It is level-based: running it twice on the same inputs gives the same answer, and
+a crash between any two actions is repaired by the next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from kubetrain.api.job import TrainingJob
+from kubetrain.api.status import (
+    ConditionStatus,
+    EstimatedCost,
+    Phase,
+    Progress,
+    ResourceAllocation,
+    ResourceUsage,
+    TrainingJobStatus,
+    allocation_summary,
+)
+from kubetrain.render import Placement, checkpoint_claim_name
+from kubetrain.report import ReportError
+from kubetrain.settings import Settings
+from kubetrain.status import (
+    PodView,
+    estimate_remaining,
+    mirror_report,
+    read_report,
+    set_condition,
+)
+
+SPEC_ERRORS = frozenset({"UnknownGPUType", "CheckpointNotFound", "InvalidSpec"})
+"""Failure reasons that a change of spec may cure: re-evaluated at a new generation."""
+
+_PHASE_CONDITION = {
+    Phase.QUEUED: "Queued",
+    Phase.RUNNING: "Running",
+    Phase.STOPPING: "Suspended",
+    Phase.STOPPED: "Suspended",
+    Phase.COMPLETED: "Completed",
+    Phase.FAILED: "Failed",
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the job."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What the reconciler should do now."""
+
+    status: TrainingJobStatus
+    create: list[int] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    bad_reports: list[tuple[PodView, str]] = field(default_factory=list)
+    resume_from: str = "latest"
+    placement: Placement | None = None
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+
+class _Planner:
+    def __init__(self, job: TrainingJob, pods: list[PodView], now: datetime, settings: Settings):
+        self.job, self.spec, self.pods, self.now, self.settings = (
+            job,
+            job.spec,
+            pods,
+            now,
+            settings,
+        )
+        self.generation = job.metadata.generation
+        self.plan = Plan(status=job.status.model_copy(deep=True))
+        self.st = self.plan.status
+        self.st.observed_generation = self.generation
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def phase(self, phase: Phase, reason: str, message: str, *, warning: bool = False) -> None:
+        """Move to ``phase``, keeping the conditions and an Event in step with it."""
+        st, previous = self.st, self.st.phase
+        kind = _PHASE_CONDITION.get(phase)
+        for condition in list(st.conditions):
+            if condition.type != kind and condition.status is ConditionStatus.TRUE:
+                st.conditions = self._condition(
+                    condition.type, ConditionStatus.FALSE, reason, message
+                )
+        if kind is not None:
+            st.conditions = self._condition(kind, ConditionStatus.TRUE, reason, message)
+        if previous != phase:
+            st.phase = phase
+            self.event(reason, message, warning=warning or phase is Phase.FAILED)
+
+    def _condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> list:  # type: ignore[type-arg]
+        return set_condition(
+            self.st.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation=self.generation,
+            now=self.now,
+        )
+
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        self.plan.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def delete_active(self) -> None:
+        """Stop every worker Pod that still runs (gracefully: the trainer checkpoints)."""
+        self.plan.delete += [p.name for p in self.pods if not p.deleting and not p.finished]
+
+    def fail(self, reason: str, message: str) -> Plan:
+        self.phase(Phase.FAILED, reason, message, warning=True)
+        if reason not in SPEC_ERRORS:
+            self.st.completion_time = self.st.completion_time or self.now
+        self.st.estimated_completion_time = None
+        self.delete_active()
+        return self.plan
+
+    # -- the decision --------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        st, spec = self.st, self.spec
+        if st.phase is Phase.COMPLETED or (st.phase is Phase.FAILED and not self._retryable()):
+            return self._finished()
+
+        catalogue = self.settings.catalogue
+        gpu_type = spec.resources.gpu_type or catalogue.default_type
+        entry = catalogue.get(gpu_type)
+        if entry is None:
+            return self.fail(
+                "UnknownGPUType",
+                f"spec.resources.gpuType: {gpu_type!r} is not in the operator's GPU catalogue; "
+                f"available types: {', '.join(catalogue.names)}",
+            )
+        placement = self.plan.placement = Placement.resolve(spec, gpu_type, entry)
+        self._account(placement)
+        self._mirror_reports()
+
+        deadline = spec.run_policy.active_deadline_seconds
+        if deadline and st.start_time and self.now - st.start_time > timedelta(seconds=deadline):
+            return self.fail(
+                "DeadlineExceeded",
+                f"the job ran longer than spec.runPolicy.activeDeadlineSeconds ({deadline}s)",
+            )
+
+        current = [p for p in self.pods if p.attempt == st.attempt]
+        stale = [p for p in self.pods if p.attempt != st.attempt]
+        self.plan.delete += [p.name for p in stale if not p.deleting]
+
+        workers = spec.resources.workers
+        if st.attempt and len(current) == workers and all(p.phase == "Succeeded" for p in current):
+            return self._complete()
+
+        if hold := self._hold():
+            return self._stop(*hold)
+
+        failed = [p for p in current if p.phase == "Failed"]
+        lost = [p for p in current if p.deleting and not p.finished]
+        if failed or lost:
+            return self._restart(failed, lost)
+
+        if st.attempt == 0 or st.phase is Phase.STOPPED:
+            if not self._start():
+                return self.plan
+            current = []
+        elif st.phase is Phase.FAILED:  # a spec error cured by the new generation
+            self.phase(Phase.PENDING, "SpecCorrected", "the spec was corrected; continuing")
+
+        self.plan.resume_from = st.resumed_from or "latest"
+        if any(p.attempt != st.attempt for p in self.pods):
+            return self.plan  # the previous attempt's Pods are still stopping: wait for them
+        present = {p.index for p in current}
+        self.plan.create = [i for i in range(workers) if i not in present]
+        self._phase_from(current)
+        self._estimate()
+        return self.plan
+
+    def _retryable(self) -> bool:
+        failed = self.st.condition("Failed")
+        return (
+            failed is not None
+            and failed.reason in SPEC_ERRORS
+            and failed.observed_generation != self.generation
+        )
+
+    def _finished(self) -> Plan:
+        self.delete_active()
+        ttl = self.spec.run_policy.ttl_seconds_after_finished
+        done = self.st.completion_time
+        if ttl is not None and done is not None:
+            left = (done + timedelta(seconds=ttl) - self.now).total_seconds()
+            if left <= 0:
+                self.plan.delete_job = True
+            else:
+                self.plan.requeue_after = left
+        return self.plan
+
+    def _account(self, placement: Placement) -> None:
+        """Accrue GPU hours, cost and training time since the last look, while Pods run."""
+        st, spec = self.st, self.spec
+        workers, gpus = spec.resources.workers, placement.gpus_per_worker
+        units = gpus * workers if placement.entry.is_gpu else workers
+        price = placement.entry.price_per_hour
+        st.resource_allocation = ResourceAllocation(
+            gpu_type=placement.gpu_type,
+            gpu_product=placement.entry.products[0] if placement.entry.products else None,
+            workers=workers,
+            gpus_per_worker=gpus,
+            cpu_per_worker=placement.cpu,
+            memory_per_worker=placement.memory,
+            priority_class_name=self.settings.priority_classes.get(str(spec.priority)),
+            summary=allocation_summary(placement.gpu_type, max(gpus, 1), workers),
+        )
+        usage = st.resource_usage or ResourceUsage(gpu_hours=0.0, cost_usd=0.0)
+        running = sum(1 for p in self.pods if p.running)
+        last = usage.last_update_time
+        if running and last is not None:
+            seconds = max((self.now - last).total_seconds(), 0.0)
+            per_worker = gpus if placement.entry.is_gpu else 1
+            usage.gpu_hours = (usage.gpu_hours or 0.0) + gpus * running * seconds / 3600
+            usage.cost_usd = (usage.cost_usd or 0.0) + price * per_worker * running * seconds / 3600
+            progress = st.progress or Progress()
+            progress.elapsed_seconds = round((progress.elapsed_seconds or 0.0) + seconds, 1)
+            st.progress = progress
+        usage.gpu_hours = round(usage.gpu_hours or 0.0, 6)
+        usage.cost_usd = round(usage.cost_usd or 0.0, 4)
+        usage.last_update_time = self.now if running else None
+        st.resource_usage = usage
+        hourly = round(price * units, 4)
+        st.estimated_cost = (st.estimated_cost or EstimatedCost()).model_copy(
+            update={"hourly_usd": hourly}
+        )
+
+    def _mirror_reports(self) -> None:
+        """Mirror the newest valid report of worker 0 (rank 0 is the only reporter)."""
+        reporters = sorted(
+            (p for p in self.pods if p.index == 0 and p.report), key=lambda p: p.attempt
+        )
+        for pod in reporters:
+            try:
+                report = read_report(pod)
+            except ReportError as err:
+                self.plan.bad_reports.append((pod, str(err)))
+                continue
+            if report is not None:
+                claim = checkpoint_claim_name(self.job)
+                self.plan.status = self.st = mirror_report(self.st, report, claim)
+
+    def _hold(self) -> tuple[str, str] | None:
+        """Why the job must not run now (suspended, over budget), or None."""
+        if self.spec.suspend:
+            return "Suspended", "spec.suspend is true"
+        ceiling = self.spec.run_policy.max_cost_usd
+        spent = (self.st.resource_usage.cost_usd or 0.0) if self.st.resource_usage else 0.0
+        if ceiling is not None and spent >= ceiling:
+            return (
+                "CostLimitReached",
+                f"resourceUsage.costUSD {spent:.2f} reached spec.runPolicy.maxCostUSD "
+                f"{ceiling:.2f}; raise the limit to resume",
+            )
+        return None
+
+    def _stop(self, reason: str, message: str) -> Plan:
+        self.delete_active()
+        self.st.estimated_completion_time = None
+        if any(not p.finished for p in self.pods):
+            self.phase(Phase.STOPPING, "Stopping", f"{message}: workers are writing a checkpoint")
+        else:
+            latest = self.st.latest_checkpoint
+            where = f"; latest checkpoint {latest}" if latest else ""
+            self.phase(Phase.STOPPED, reason, f"{message}{where}")
+        return self.plan
+
+    def _complete(self) -> Plan:
+        st = self.st
+        st.completion_time = self.now
+        st.estimated_completion_time = None
+        if st.progress is not None:
+            st.progress.remaining_seconds = 0.0
+            if st.progress.total_steps:
+                st.progress.current_step = st.progress.total_steps
+                st.progress.percentage = 100.0
+        where = f"; model at {st.model.path}" if st.model and st.model.path else ""
+        self.phase(Phase.COMPLETED, "TrainingSucceeded", f"all workers finished{where}")
+        return self.plan
+
+    def _restart(self, failed: list[PodView], lost: list[PodView]) -> Plan:
+        st, limit = self.st, self.spec.run_policy.backoff_limit
+        broken = [p for p in failed if not p.disrupted]
+        if broken:
+            pod = broken[0]
+            detail = f"worker {pod.index} ({pod.name}) exited with code {pod.exit_code}"
+            if pod.message:
+                detail += f": {pod.message}"
+            st.failures += 1
+            if st.failures > limit:
+                return self.fail(
+                    "BackoffLimitExceeded",
+                    f"{detail}; {st.failures} failures exceed "
+                    f"spec.runPolicy.backoffLimit ({limit})",
+                )
+            self.event(
+                "TrainerFailed",
+                f"{detail}; restarting from the latest checkpoint "
+                f"(failure {st.failures} of {limit} allowed)",
+                warning=True,
+            )
+        else:
+            pod = (failed + lost)[0]
+            why = pod.disruption or pod.reason or ("deleted" if pod.deleting else "stopped")
+            st.restarts += 1
+            self.event(
+                "WorkerLost",
+                f"worker {pod.index} ({pod.name}) was lost ({why}); "
+                "restarting all workers from the latest checkpoint",
+                warning=True,
+            )
+        st.attempt += 1
+        st.resumed_from = "latest"
+        self.plan.delete += [
+            p.name for p in self.pods if not p.deleting and p.name not in self.plan.delete
+        ]
+        self.phase(
+            Phase.PENDING, "Restarting", f"starting attempt {st.attempt} from the latest checkpoint"
+        )
+        return self.plan
+
+    def _start(self) -> bool:
+        """Begin a new attempt (first start or resume); False when it cannot start."""
+        st, wanted = self.st, self.spec.resume_from
+        known = [c.id for c in st.checkpoints]
+        if wanted and known and wanted not in known:
+            self.fail(
+                "CheckpointNotFound",
+                f"spec.resumeFrom: checkpoint {wanted!r} does not exist; "
+                f"available: {', '.join(known)}",
+            )
+            return False
+        resuming = st.attempt > 0
+        st.attempt += 1
+        st.resumed_from = wanted or "latest"
+        if resuming:
+            self.event(
+                "Resumed", f"resuming from checkpoint {wanted or st.latest_checkpoint or 'latest'}"
+            )
+        self.phase(
+            Phase.PENDING,
+            "Resuming" if resuming else "Created",
+            f"creating {self.spec.resources.workers} worker Pod(s), attempt {st.attempt}",
+        )
+        return True
+
+    def _phase_from(self, current: list[PodView]) -> None:
+        waiting = [p for p in current if p.unschedulable]
+        if waiting:
+            self.phase(Phase.QUEUED, "Unschedulable", waiting[0].unschedulable or "")
+        elif any(p.running for p in current):
+            self.st.start_time = self.st.start_time or self.now
+            self.phase(Phase.RUNNING, "TrainerRunning", f"attempt {self.st.attempt} is training")
+
+    def _estimate(self) -> None:
+        st = self.st
+        if st.progress is None:
+            return
+        remaining = estimate_remaining(st.progress)
+        st.progress.remaining_seconds = remaining
+        if remaining is None:
+            return
+        if st.phase is Phase.RUNNING:
+            st.estimated_completion_time = (self.now + timedelta(seconds=remaining)).replace(
+                microsecond=0
+            )
+        hourly = st.estimated_cost.hourly_usd if st.estimated_cost else None
+        if hourly is not None:
+            total = hourly * ((st.progress.elapsed_seconds or 0.0) + remaining) / 3600
+            st.estimated_cost = EstimatedCost(hourly_usd=hourly, total_usd=round(total, 4))
+
+
+def plan(job: TrainingJob, pods: list[PodView], *, now: datetime, settings: Settings) -> Plan:
+    """Decide what the job needs now; see the module docstring."""
+    return _Planner(job, pods, now, settings).run()

@@ -1,0 +1,246 @@
+"""Carries out plans: creates children, writes status (throttled), posts Events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubetrain import metrics
+from kubetrain.api.job import TrainingJob
+from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
+from kubetrain.kube import Cluster, StaleError
+from kubetrain.reconcile.cache import Cache, Key
+from kubetrain.reconcile.plan import Plan, plan
+from kubetrain.render import (
+    checkpoint_claim,
+    headless_service,
+    role,
+    role_binding,
+    service_account,
+    worker_pod,
+)
+from kubetrain.settings import Settings
+from kubetrain.status import observe_pod, set_condition
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+_SIGNIFICANT = (
+    "phase",
+    "conditions",
+    "attempt",
+    "restarts",
+    "failures",
+    "checkpoints",
+    "latest_checkpoint",
+    "model",
+    "start_time",
+    "completion_time",
+    "observed_generation",
+    "resource_allocation",
+)
+"""Status fields whose change is written at once; other changes wait for the throttle."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _dump(status: TrainingJobStatus) -> JSON:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def validation_message(err: ValidationError) -> str:
+    """``spec.training.learningRate: Input should be ...`` for the first problem found."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+class Reconciler:
+    """Reconciles one job at a time per key; safe to call from several threads."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        cache: Cache,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.cluster, self.cache, self.settings, self.clock = cluster, cache, settings, clock
+        self._last_write: dict[Key, float] = {}
+        self._bad_reports: dict[str, str] = {}
+        self._locks: dict[Key, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: Key) -> None:
+        """Drop per-job memory once the job is gone."""
+        with self._guard:
+            self._locks.pop(key, None)
+        self._last_write.pop(key, None)
+
+    def reconcile(self, key: Key) -> float | None:
+        """Bring one job closer to its spec; returns seconds until it wants another look."""
+        started = time.monotonic()
+        try:
+            with self._lock(key):
+                body = self.cache.job(key)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return None
+                return self._reconcile(body)
+        except StaleError:
+            return 0.5
+        except ApiException as err:
+            metrics.ERRORS.labels("api").inc()
+            log.warning("reconcile %s/%s: API error %s %s", *key, err.status, err.reason)
+            return 5.0
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    def _reconcile(self, body: JSON) -> float | None:
+        key: Key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        now = self.clock()
+        try:
+            job = TrainingJob.model_validate(body)
+        except ValidationError as err:
+            return self._invalid(body, validation_message(err), now)
+        pods = [observe_pod(p) for p in self.cache.pods(key)]
+        decided = plan(job, pods, now=now, settings=self.settings)
+        # Actions follow a recorded status (the attempt number above all), so a status
+        # that comes with actions is written at once, throttle or not.
+        acts = bool(decided.create or decided.delete or decided.events)
+        wait = self._write_status(key, body, job.status, decided, force=acts)
+        if wait is None:
+            for event in decided.events:
+                self.cluster.post_event(body, event.type, event.reason, event.message)
+        self._report_problems(body, decided)
+        for name in dict.fromkeys(decided.delete):
+            self.cluster.delete_pod(key[0], name)
+        if decided.create:
+            self._create(body, job, decided)
+        if decided.delete_job:
+            self.cluster.delete_job(*key)
+            return None
+        return self._next_look(decided, wait)
+
+    def _next_look(self, decided: Plan, wait: float | None) -> float | None:
+        if wait is not None:
+            return wait
+        if decided.requeue_after is not None:
+            return decided.requeue_after
+        phase = decided.status.phase
+        if phase in (Phase.RUNNING, Phase.STOPPING, Phase.QUEUED, Phase.PENDING):
+            return self.settings.resync_seconds
+        if decided.status.resource_usage and decided.status.resource_usage.last_update_time:
+            return self.settings.resync_seconds
+        return None
+
+    def _write_status(
+        self, key: Key, body: JSON, old: TrainingJobStatus, decided: Plan, force: bool = False
+    ) -> float | None:
+        """Write the planned status if it changed; seconds to wait when throttled."""
+        new = decided.status
+        if _dump(new) == _dump(old):
+            return None
+        significant = any(getattr(new, f) != getattr(old, f) for f in _SIGNIFICANT)
+        since = time.monotonic() - self._last_write.get(key, 0.0)
+        interval = self.settings.status_interval_seconds
+        if not significant and not force and since < interval:
+            return interval - since
+        updated = dict(body, status=_dump(new))
+        written = self.cluster.replace_status(updated)
+        self.cache.put_job(written)
+        self._last_write[key] = time.monotonic()
+        metrics.STATUS_WRITES.inc()
+        metrics.observe_phase(key, str(new.phase) if new.phase else "")
+        return None
+
+    def _invalid(self, body: JSON, message: str, now: datetime) -> float | None:
+        """A body the models reject (e.g. stored before a CRD upgrade): Failed, not retried."""
+        raw_status = body.get("status") or {}
+        try:
+            status = TrainingJobStatus.model_validate(raw_status)
+        except ValidationError:
+            status = TrainingJobStatus()
+        generation = body["metadata"].get("generation")
+        failed = status.condition("Failed")
+        if failed and failed.reason == "InvalidSpec" and failed.observed_generation == generation:
+            return None
+        status.phase = Phase.FAILED
+        status.observed_generation = generation
+        status.conditions = set_condition(
+            status.conditions,
+            "Failed",
+            ConditionStatus.TRUE,
+            "InvalidSpec",
+            message,
+            generation=generation,
+            now=now,
+        )
+        written = self.cluster.replace_status(dict(body, status=_dump(status)))
+        self.cache.put_job(written)
+        self.cluster.post_event(body, "Warning", "InvalidSpec", message)
+        return None
+
+    def _report_problems(self, body: JSON, decided: Plan) -> None:
+        for pod, problem in decided.bad_reports:
+            digest = hashlib.sha256((pod.report or "").encode()).hexdigest()
+            if self._bad_reports.get(pod.uid) == digest:
+                continue
+            self._bad_reports[pod.uid] = digest
+            metrics.REPORTS.labels("rejected").inc()
+            self.cluster.post_event(
+                body,
+                "Warning",
+                "InvalidProgressReport",
+                f"ignored the progress report of Pod {pod.name}: {problem}",
+            )
+
+    def _create(self, body: JSON, job: TrainingJob, decided: Plan) -> None:
+        assert decided.placement is not None
+        for child in (
+            checkpoint_claim(job),
+            service_account(job),
+            role(job),
+            role_binding(job),
+            headless_service(job, self.settings),
+        ):
+            if child is not None:
+                self.cluster.create(child)
+        for index in decided.create:
+            pod = worker_pod(
+                job,
+                index,
+                attempt=decided.status.attempt,
+                resume_from=decided.resume_from,
+                placement=decided.placement,
+                settings=self.settings,
+            )
+            try:
+                self.cluster.create(pod)
+            except ApiException as err:
+                if err.status in (403, 422):  # e.g. a missing PriorityClass, a quota
+                    message = f"could not create Pod {pod['metadata']['name']}: {_message(err)}"
+                    self.cluster.post_event(body, "Warning", "FailedCreatePod", message)
+                raise
+
+
+def _message(err: ApiException) -> str:
+    """The API server's own message from an error response."""
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        return str(err.reason)

@@ -1,0 +1,362 @@
+"""Pure builders: a TrainingJob (plus operator settings) in, the manifests of its children out.
+
+No clock, no randomness, no I/O: the same inputs always give the same objects, so the
+reconciler can create them idempotently and tests can compare them with golden files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubetrain.api.job import TrainingJob
+from kubetrain.api.spec import ModelType, TrainingJobSpec
+from kubetrain.catalogue import GPUType
+from kubetrain.report import ANNOTATION
+from kubetrain.settings import Settings
+
+LABEL_JOB = "kubetrain.io/job-name"
+LABEL_WORKER = "kubetrain.io/worker-index"
+LABEL_ATTEMPT = "kubetrain.io/attempt"
+ANNOTATION_RESUME_FROM = "kubetrain.io/resume-from"
+MANAGED_BY = "kubetrain"
+
+CHECKPOINT_MOUNT = "/checkpoints"
+DATASET_MOUNT = "/data"
+OUTPUT_SUBDIR = "output"
+TRAINER_UID = 1000
+
+JSON = dict[str, Any]
+
+
+def pod_name(job: str, index: int) -> str:
+    return f"{job}-worker-{index}"
+
+
+def service_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def checkpoint_claim_name(job: TrainingJob) -> str:
+    """The PVC that holds the checkpoints: the user's existing claim or ``<job>-checkpoints``."""
+    return job.spec.checkpoint.existing_claim_name or f"{_name(job)}-checkpoints"
+
+
+def service_account_name(job: str) -> str:
+    return f"{job}-trainer"
+
+
+def _name(job: TrainingJob) -> str:
+    assert job.metadata.name, "a stored TrainingJob always has a name"
+    return job.metadata.name
+
+
+def labels(job: str, component: str) -> dict[str, str]:
+    """The labels every child carries; ``kubetrain.io/job-name`` selects a job's children."""
+    return {
+        "app.kubernetes.io/name": "kubetrain",
+        "app.kubernetes.io/instance": job,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_JOB: job,
+    }
+
+
+def owner_reference(job: TrainingJob) -> JSON:
+    return {
+        "apiVersion": job.api_version,
+        "kind": job.kind,
+        "name": _name(job),
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: TrainingJob, name: str, component: str, *, owned: bool = True) -> JSON:
+    meta: JSON = {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": labels(_name(job), component),
+    }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(job)]
+    return meta
+
+
+def checkpoint_claim(job: TrainingJob) -> JSON | None:
+    """The checkpoint PVC, or None when the job uses an existing claim.
+
+    Several workers share one volume, so they need ReadWriteMany unless the user said
+    otherwise. With ``reclaimPolicy: Retain`` the claim has no owner and outlives the job.
+    """
+    ckpt = job.spec.checkpoint
+    if ckpt.existing_claim_name:
+        return None
+    modes = [str(m) for m in ckpt.access_modes] or (
+        ["ReadWriteMany"] if job.spec.resources.workers > 1 else ["ReadWriteOnce"]
+    )
+    spec: JSON = {"accessModes": modes, "resources": {"requests": {"storage": ckpt.size}}}
+    if ckpt.storage_class_name:
+        spec["storageClassName"] = ckpt.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(job, checkpoint_claim_name(job), "checkpoints"),
+        "spec": spec,
+    }
+
+
+def service_account(job: TrainingJob) -> JSON:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(job, service_account_name(_name(job)), "trainer"),
+    }
+
+
+def role(job: TrainingJob) -> JSON:
+    """Lets the trainers read and patch their own Pods (progress reports), nothing else."""
+    name = _name(job)
+    pods = [pod_name(name, i) for i in range(job.spec.resources.workers)]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(job, service_account_name(name), "trainer"),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["pods"],
+                "resourceNames": pods,
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def role_binding(job: TrainingJob) -> JSON:
+    name = service_account_name(_name(job))
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(job, name, "trainer"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.metadata.namespace}],
+    }
+
+
+def headless_service(job: TrainingJob, settings: Settings) -> JSON | None:
+    """Stable DNS names (``<job>-worker-<i>.<job>-workers``) for multi-worker rendezvous."""
+    if job.spec.resources.workers <= 1:
+        return None
+    name = _name(job)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service_name(name), "workers"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: name},
+            "ports": [{"name": "rendezvous", "port": settings.master_port, "protocol": "TCP"}],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where workers run and what each one requests, resolved from the GPU catalogue."""
+
+    gpu_type: str
+    entry: GPUType
+    gpus_per_worker: int
+    cpu: str | None
+    memory: str | None
+
+    @classmethod
+    def resolve(cls, spec: TrainingJobSpec, gpu_type: str, entry: GPUType) -> Placement:
+        return cls(
+            gpu_type=gpu_type,
+            entry=entry,
+            gpus_per_worker=spec.resources.gpus_per_worker if entry.is_gpu else 0,
+            cpu=spec.resources.cpu or entry.worker_cpu,
+            memory=spec.resources.memory or entry.worker_memory,
+        )
+
+
+def _resources(placement: Placement) -> JSON:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if placement.cpu:
+        requests["cpu"] = placement.cpu
+    if placement.memory:
+        requests["memory"] = limits["memory"] = placement.memory
+    if placement.entry.resource_name and placement.gpus_per_worker:
+        gpus = str(placement.gpus_per_worker)
+        requests[placement.entry.resource_name] = limits[placement.entry.resource_name] = gpus
+    out: JSON = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _affinity(entry: GPUType) -> JSON | None:
+    if not entry.products:
+        return None
+    term = {
+        "matchExpressions": [
+            {"key": "nvidia.com/gpu.product", "operator": "In", "values": list(entry.products)}
+        ]
+    }
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
+
+
+def _field_env(name: str, path: str) -> JSON:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def trainer_config(spec: TrainingJobSpec) -> str:
+    """The spec as the trainer reads it from ``KUBETRAIN_CONFIG``: compact camelCase JSON."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for operator_only in ("suspend", "resumeFrom", "runPolicy", "env"):
+        data.pop(operator_only, None)
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def _env(
+    job: TrainingJob, index: int, resume_from: str, placement: Placement, port: int
+) -> list[JSON]:
+    spec, name = job.spec, _name(job)
+    workers, per_node = spec.resources.workers, max(placement.gpus_per_worker, 1)
+    env: list[JSON] = [
+        {"name": "KUBETRAIN_JOB_NAME", "value": name},
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "KUBETRAIN_CONFIG", "value": trainer_config(spec)},
+        {"name": "KUBETRAIN_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT},
+        {"name": "KUBETRAIN_OUTPUT_DIR", "value": f"{CHECKPOINT_MOUNT}/{OUTPUT_SUBDIR}"},
+        {"name": "KUBETRAIN_PROGRESS_ANNOTATION", "value": ANNOTATION},
+        {"name": "RESUME_FROM", "value": resume_from},
+    ]
+    dataset = spec.dataset
+    if dataset.pvc is not None:
+        path = f"{DATASET_MOUNT}/{dataset.pvc.sub_path}" if dataset.pvc.sub_path else DATASET_MOUNT
+        env.append({"name": "KUBETRAIN_DATASET_PATH", "value": path})
+    elif dataset.uri is not None:
+        env.append({"name": "KUBETRAIN_DATASET_URI", "value": dataset.uri})
+    master = f"{pod_name(name, 0)}.{service_name(name)}" if workers > 1 else "localhost"
+    env += [
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(port)},
+        {"name": "NNODES", "value": str(workers)},
+        {"name": "NODE_RANK", "value": str(index)},
+        {"name": "NPROC_PER_NODE", "value": str(per_node)},
+        {"name": "WORLD_SIZE", "value": str(workers * per_node)},
+        {"name": "RANK", "value": str(index * per_node)},
+    ]
+    user = [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
+    overridden = {u["name"] for u in user}
+    return [e for e in env if e["name"] not in overridden] + user
+
+
+def _image_and_command(spec: TrainingJobSpec, settings: Settings) -> tuple[str, list[str]]:
+    images = settings.images
+    if spec.model_type is ModelType.VISION:
+        image, command = images.vision, images.vision_command
+    elif spec.model_type is ModelType.MULTIMODAL:
+        image, command = images.multimodal, images.llm_command
+    else:
+        image, command = images.llm, images.llm_command
+    return spec.image or image, list(spec.command) or list(command)
+
+
+def worker_pod(
+    job: TrainingJob,
+    index: int,
+    *,
+    attempt: int,
+    resume_from: str,
+    placement: Placement,
+    settings: Settings,
+) -> JSON:
+    """Worker ``index`` of attempt ``attempt``: GPU placement, restricted security, trainer env."""
+    spec, name = job.spec, _name(job)
+    image, command = _image_and_command(spec, settings)
+    meta = _metadata(job, pod_name(name, index), "worker")
+    meta["labels"] |= {LABEL_WORKER: str(index), LABEL_ATTEMPT: str(attempt)}
+    meta["annotations"] = {ANNOTATION_RESUME_FROM: resume_from or "latest"}
+    volumes: list[JSON] = [
+        {
+            "name": "checkpoints",
+            "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)},
+        },
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[JSON] = [
+        {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    if spec.dataset.pvc is not None:
+        volumes.append(
+            {
+                "name": "dataset",
+                "persistentVolumeClaim": {
+                    "claimName": spec.dataset.pvc.claim_name,
+                    "readOnly": True,
+                },
+            }
+        )
+        mounts.append({"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True})
+    container: JSON = {
+        "name": "trainer",
+        "image": image,
+        "imagePullPolicy": settings.images.pull_policy,
+        "command": command,
+        "env": _env(job, index, resume_from, placement, settings.master_port),
+        "resources": _resources(placement),
+        "volumeMounts": mounts,
+        "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.args:
+        container["args"] = list(spec.args)
+    pod_spec: JSON = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(name),
+        "hostname": pod_name(name, index),
+        "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.resources.workers > 1:
+        pod_spec["subdomain"] = service_name(name)
+    if placement.entry.node_selector:
+        pod_spec["nodeSelector"] = dict(placement.entry.node_selector)
+    if affinity := _affinity(placement.entry):
+        pod_spec["affinity"] = affinity
+    if placement.entry.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in placement.entry.tolerations]
+    if priority_class := settings.priority_classes.get(str(spec.priority)):
+        pod_spec["priorityClassName"] = priority_class
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -1,0 +1,238 @@
+"""Pure functions from observed objects to status: Pods, progress reports, cost, conditions.
+
+Nothing here reads a clock or talks to the cluster; ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubetrain.api.status import (
+    Checkpoint,
+    Condition,
+    ConditionStatus,
+    Metrics,
+    ModelOutput,
+    Progress,
+    TrainingJobStatus,
+)
+from kubetrain.render import ANNOTATION_RESUME_FROM, LABEL_ATTEMPT, LABEL_WORKER
+from kubetrain.report import ANNOTATION, EXIT_STOPPED, ProgressReport, ReportError, decode
+
+DISRUPTION_REASONS = frozenset(
+    {
+        "Evicted",
+        "Preempting",
+        "PreemptionByScheduler",
+        "DeletionByTaintManager",
+        "EvictionByEvictionAPI",
+        "DeletionByPodGC",
+        "TerminationByKubelet",
+        "NodeLost",
+        "NodeShutdown",
+        "Shutdown",
+        "Terminated",
+    }
+)
+"""Pod or DisruptionTarget reasons that mean the Pod was taken away, not that training failed."""
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the reconciler needs to know about one worker Pod."""
+
+    name: str
+    uid: str
+    index: int
+    attempt: int
+    phase: str
+    deleting: bool
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    unschedulable: str | None = None
+    disruption: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    report: str | None = None
+    resume_from: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running" and not self.deleting
+
+    @property
+    def disrupted(self) -> bool:
+        """Lost to preemption, eviction or node failure, or stopped resumably on SIGTERM."""
+        return (
+            self.disruption is not None
+            or self.reason in DISRUPTION_REASONS
+            or self.exit_code == EXIT_STOPPED
+        )
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def observe_pod(pod: dict[str, Any]) -> PodView:
+    """Summarise a worker Pod (as a JSON dict) for decisions."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    view: dict[str, Any] = {
+        "name": meta.get("name", ""),
+        "uid": meta.get("uid", ""),
+        "index": _int(labels.get(LABEL_WORKER), -1),
+        "attempt": _int(labels.get(LABEL_ATTEMPT), 0),
+        "phase": status.get("phase") or "Pending",
+        "deleting": meta.get("deletionTimestamp") is not None,
+        "reason": status.get("reason") or "",
+        "message": status.get("message") or "",
+        "report": annotations.get(ANNOTATION),
+        "resume_from": annotations.get(ANNOTATION_RESUME_FROM, ""),
+    }
+    for condition in status.get("conditions") or []:
+        kind, state = condition.get("type"), condition.get("status")
+        if (
+            kind == "PodScheduled"
+            and state == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            view["unschedulable"] = condition.get("message") or "no node fits the Pod"
+        if kind == "DisruptionTarget" and state == "True":
+            view["disruption"] = condition.get("reason") or "Disrupted"
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if running := state.get("running"):
+            view["started_at"] = _time(running.get("startedAt"))
+        if terminated := state.get("terminated"):
+            view["exit_code"] = terminated.get("exitCode")
+            view["reason"] = view["reason"] or terminated.get("reason") or ""
+            view["message"] = (terminated.get("message") or view["message"]).strip()
+            view["started_at"] = _time(terminated.get("startedAt"))
+            view["finished_at"] = _time(terminated.get("finishedAt"))
+    return PodView(**view)
+
+
+def read_report(pod: PodView) -> ProgressReport | None:
+    """The Pod's progress report, None when it has none; ReportError when it is invalid."""
+    if not pod.report:
+        return None
+    return decode(pod.report)
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """Conditions with ``type_`` set; lastTransitionTime moves only when status changes."""
+    old = next((c for c in conditions if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == status else now
+    new = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message[:32_000],
+        observed_generation=generation,
+        last_transition_time=since,
+    )
+    return (
+        [c for c in conditions if c.type != type_] + [new]
+        if old is None
+        else [new if c.type == type_ else c for c in conditions]
+    )
+
+
+def mirror_report(
+    status: TrainingJobStatus, report: ProgressReport, claim_name: str
+) -> TrainingJobStatus:
+    """Status with the report's progress, metrics, checkpoints and model mirrored in."""
+    old_progress = status.progress or Progress()
+    percentage = None
+    if report.total_steps:
+        percentage = round(100.0 * report.step / report.total_steps, 1)
+    progress = old_progress.model_copy(
+        update={
+            "current_epoch": report.epoch,
+            "total_epochs": report.total_epochs or old_progress.total_epochs,
+            "current_step": report.step,
+            "total_steps": report.total_steps or old_progress.total_steps,
+            "percentage": percentage,
+            "last_update_time": report.time,
+        }
+    )
+    old_metrics = status.metrics or Metrics()
+    best = old_metrics.best_loss
+    if report.loss is not None:
+        best = report.loss if best is None else min(best, report.loss)
+    metrics = Metrics(
+        current_loss=report.loss,
+        best_loss=best,
+        validation_loss=report.eval_loss
+        if report.eval_loss is not None
+        else old_metrics.validation_loss,
+        learning_rate=report.learning_rate,
+        throughput=report.throughput,
+        throughput_unit=report.throughput_unit if report.throughput is not None else None,
+        gpu_memory_bytes=report.gpu_memory_bytes,
+        evaluation=dict(report.metrics) or old_metrics.evaluation,
+    )
+    update: dict[str, Any] = {"progress": progress, "metrics": metrics}
+    if report.checkpoints:
+        ordered = sorted(report.checkpoints, key=lambda c: (c.step, c.created_at))
+        update["checkpoints"] = [
+            Checkpoint(
+                id=c.id,
+                epoch=c.epoch,
+                step=c.step,
+                loss=c.loss,
+                created_at=c.created_at,
+                size_bytes=c.size_bytes,
+                path=c.path,
+            )
+            for c in ordered
+        ]
+        update["latest_checkpoint"] = ordered[-1].id
+    if report.model is not None:
+        update["model"] = ModelOutput(
+            claim_name=claim_name, path=report.model.path, format=report.model.format or None
+        )
+    return status.model_copy(update=update)
+
+
+def estimate_remaining(progress: Progress) -> float | None:
+    """Seconds left at the pace so far (elapsed time per step), None before the first step."""
+    step, total, elapsed = progress.current_step, progress.total_steps, progress.elapsed_seconds
+    if not step or not total or elapsed is None or step > total:
+        return None
+    return round(elapsed / step * (total - step), 1)
+
+
+def report_problem(pod: PodView) -> str | None:
+    """Why the Pod's report is ignored, or None when it is fine or absent."""
+    try:
+        read_report(pod)
+    except ReportError as err:
+        return str(err)
+    return None

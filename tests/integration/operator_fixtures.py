@@ -1,0 +1,249 @@
+"""Fixtures for running the real operator against the local control plane.
+
+The trainer and the kubelet are played by the test (see ``kubelet.py``): worker Pods are
+placed by the real scheduler on Node objects the tests register (no node agent runs them),
+and the test writes their status and progress reports as a kubelet and a trainer would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubetrain.localcluster import ControlPlane, find_binary
+from tests.polling import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+POOL_LABEL = "kubetrain.io/test-pool"
+FAKE_NODES = {
+    "fake-a100-0": "NVIDIA-A100-SXM4-80GB",
+    "fake-h100-0": "NVIDIA-H100-80GB-HBM3",
+}
+
+
+def apply_crds(cluster: ControlPlane) -> None:
+    subprocess.run(
+        [find_binary("kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f", ROOT / "crds"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            find_binary("kubectl"),
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/trainingjobs.kubetrain.io",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _node_status(product: str) -> dict[str, Any]:
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    now = datetime.now(UTC).isoformat()
+    return {
+        "capacity": capacity,
+        "allocatable": capacity,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "TestHeartbeat",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+        ],
+    }
+
+
+class FakeNodes:
+    """GPU-labelled Node objects kept Ready by a heartbeat thread (no kubelet behind them)."""
+
+    def __init__(self, core: client.CoreV1Api) -> None:
+        self.core = core
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def start(self) -> None:
+        for name, product in FAKE_NODES.items():
+            labels = {
+                POOL_LABEL: "fake",
+                "nvidia.com/gpu.product": product,
+                "nvidia.com/gpu.count": "8",
+                "kubernetes.io/hostname": name,
+            }
+            with contextlib.suppress(ApiException):
+                self.core.create_node(
+                    client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels))
+                )
+            self.core.patch_node_status(name, {"status": _node_status(product)})
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(10):
+            for name, product in FAKE_NODES.items():
+                with contextlib.suppress(Exception):
+                    self.core.patch_node_status(name, {"status": _node_status(product)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        for name in FAKE_NODES:
+            with contextlib.suppress(ApiException):
+                self.core.delete_node(name)
+
+
+def operator_config(tmp: Path) -> Path:
+    """GPU catalogue entries that place test Pods only on the fake nodes."""
+    pool = {POOL_LABEL: "fake"}
+    config = {
+        "terminationGracePeriodSeconds": 30,
+        "catalogue": {
+            "replaceDefaults": True,
+            "defaultType": "a100",
+            "gpuTypes": {
+                "a100": {
+                    "products": ["NVIDIA-A100-SXM4-80GB"],
+                    "nodeSelector": pool,
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "workerCpu": "4",
+                    "workerMemory": "16Gi",
+                    "pricePerHour": 3.0,
+                },
+                "h100": {
+                    "products": ["NVIDIA-H100-80GB-HBM3"],
+                    "nodeSelector": pool,
+                    "workerCpu": "4",
+                    "workerMemory": "16Gi",
+                    "pricePerHour": 4.5,
+                },
+                "cpu": {
+                    "resourceName": None,
+                    "nodeSelector": pool,
+                    "workerCpu": "1",
+                    "pricePerHour": 0.1,
+                },
+            },
+        },
+    }
+    path = tmp / "operator.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class OperatorProcess:
+    """``python -m kubetrain`` as a child process, stoppable and restartable by PID."""
+
+    def __init__(self, cluster: ControlPlane, config: Path, log: Path) -> None:
+        self.cluster, self.config, self.log = cluster, config, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "kubetrain",
+            "--kubeconfig",
+            str(self.cluster.kubeconfig),
+            "--config",
+            str(self.config),
+            "--standalone",
+            "--metrics-port",
+            "0",
+            "--liveness",
+            "",
+            "--status-interval-seconds",
+            "1",
+            "--resync-seconds",
+            "2",
+        ]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to clean up, as in a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: ControlPlane) -> None:
+    apply_crds(cluster)
+
+
+@pytest.fixture(scope="session")
+def priority_classes(api_client: client.ApiClient) -> None:
+    scheduling = client.SchedulingV1Api(api_client)
+    for name, value in (("kubetrain-high", 1000), ("kubetrain-normal", 100), ("kubetrain-low", 10)):
+        with contextlib.suppress(ApiException):
+            scheduling.create_priority_class(
+                client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value)
+            )
+
+
+@pytest.fixture(scope="session")
+def fake_gpu_nodes(core: client.CoreV1Api) -> Iterator[FakeNodes]:
+    nodes = FakeNodes(core)
+    nodes.start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ControlPlane,
+    crds: None,
+    priority_classes: None,
+    fake_gpu_nodes: FakeNodes,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    tmp = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(cluster, operator_config(tmp), tmp / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    if os.environ.get("KUBETRAIN_SHOW_OPERATOR_LOG"):
+        print(process.tail(200))
+
+
+def wait_for(
+    probe: Any, what: str, timeout: float = 30.0, operator: OperatorProcess | None = None
+) -> Any:
+    """``eventually`` that shows the operator's log tail when it times out."""
+    try:
+        return eventually(probe, timeout=timeout, what=what)
+    except AssertionError as err:
+        if operator is not None:
+            raise AssertionError(f"{err}\n--- operator log ---\n{operator.tail()}") from None
+        raise

@@ -1,0 +1,526 @@
+"""The operator against the real control plane; the test plays kubelet and trainer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubetrain.api.base import GROUP, PLURAL, VERSION
+from tests.integration import kubelet
+from tests.integration.operator_fixtures import OperatorProcess, wait_for
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def bound_claim(core: client.CoreV1Api, namespace: str, claim: str, *, create_claim: bool) -> None:
+    """A static PV pre-bound to ``namespace/claim`` (class ``manual``), and the claim if asked."""
+    pv_name = f"pv-{namespace}-{claim}"[:63].rstrip("-")
+    core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=pv_name),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "100Gi"},
+                access_modes=["ReadWriteOnce", "ReadWriteMany"],
+                storage_class_name="manual",
+                host_path=client.V1HostPathVolumeSource(path=f"/tmp/{pv_name}"),
+                claim_ref=client.V1ObjectReference(namespace=namespace, name=claim),
+            ),
+        )
+    )
+    if create_claim:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name=claim),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteOnce"],
+                    storage_class_name="manual",
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                ),
+            ),
+        )
+
+
+def llm_job(name: str, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "modelType": "llm",
+        "dataset": {"synthetic": {"samples": 64}},
+        "llm": {"baseModel": "meta-llama/Llama-2-7b-hf", "lora": {"rank": 8, "alpha": 16}},
+        "training": {"epochs": 2, "batchSize": 4, "learningRate": 2e-4},
+        "resources": {"gpuType": "a100", "workers": 1, "gpusPerWorker": 1},
+        "checkpoint": {"storageClassName": "manual", "size": "1Gi"},
+    }
+    for key, value in overrides.items():
+        if key in ("resources", "training", "checkpoint"):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+class Jobs:
+    """TrainingJobs of one namespace, with the waits the tests need."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, operator: OperatorProcess) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.ns, self.operator = namespace, operator
+
+    def create(self, body: dict[str, Any], *, storage: bool = True) -> None:
+        if storage:
+            bound_claim(
+                self.core, self.ns, f"{body['metadata']['name']}-checkpoints", create_claim=False
+            )
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name
+        )
+        return job
+
+    def patch(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def until(
+        self, name: str, check: Callable[[dict[str, Any]], Any], what: str, timeout: float = 30
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if check(status) else None
+
+        result: dict[str, Any] = wait_for(probe, f"{name}: {what}", timeout, self.operator)
+        return result
+
+    def phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+        return self.until(name, lambda s: s.get("phase") == phase, f"phase {phase}", timeout)
+
+    def pods(self, name: str) -> list[client.V1Pod]:
+        pods: list[client.V1Pod] = self.core.list_namespaced_pod(
+            self.ns, label_selector=f"kubetrain.io/job-name={name}"
+        ).items
+        return sorted(pods, key=lambda p: p.metadata.name)
+
+    def live_pods(self, name: str, count: int, attempt: int | None = None) -> list[client.V1Pod]:
+        def probe() -> list[client.V1Pod] | None:
+            pods = [p for p in self.pods(name) if p.metadata.deletion_timestamp is None]
+            if attempt is not None:
+                pods = [
+                    p for p in pods if p.metadata.labels["kubetrain.io/attempt"] == str(attempt)
+                ]
+            return pods if len(pods) == count else None
+
+        result: list[client.V1Pod] = wait_for(probe, f"{count} Pods of {name}", 30, self.operator)
+        return result
+
+    def events(self, reason: str) -> list[client.CoreV1Event]:
+        events: list[client.CoreV1Event] = self.core.list_namespaced_event(self.ns).items
+        return [e for e in events if e.reason == reason]
+
+
+@pytest.fixture
+def jobs(api_client: client.ApiClient, namespace: str, operator: OperatorProcess) -> Jobs:
+    return Jobs(api_client, namespace, operator)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in status["conditions"] if c["type"] == type_)
+    return found
+
+
+def _env(pod: client.V1Pod) -> dict[str, str]:
+    return {e.name: e.value for e in pod.spec.containers[0].env if e.value is not None}
+
+
+def _run_all(jobs: Jobs, name: str, pods: list[client.V1Pod]) -> None:
+    for pod in pods:
+        kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
+    bound_claim(jobs.core, jobs.ns, "data", create_claim=True)
+    jobs.create(
+        llm_job(
+            "llama",
+            dataset={"pvc": {"claimName": "data", "subPath": "train.jsonl"}},
+            resources={"gpuType": "a100", "workers": 2, "gpusPerWorker": 2},
+            priority="high",
+        )
+    )
+    pods = jobs.live_pods("llama", 2)
+    worker0 = pods[0]
+    spec = worker0.spec
+    container = spec.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "2"
+    assert spec.node_selector == {"kubetrain.io/test-pool": "fake"}
+    terms = spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    assert terms.node_selector_terms[0].match_expressions[0].values == ["NVIDIA-A100-SXM4-80GB"]
+    assert any(t.key == "nvidia.com/gpu" for t in spec.tolerations)
+    assert spec.priority_class_name == "kubetrain-high"
+    assert spec.security_context.run_as_non_root is True
+    assert spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert container.security_context.allow_privilege_escalation is False
+    assert spec.restart_policy == "Never"
+    env = _env(worker0)
+    assert env["MASTER_ADDR"] == "llama-worker-0.llama-workers"
+    assert (env["WORLD_SIZE"], env["NNODES"], env["NPROC_PER_NODE"]) == ("4", "2", "2")
+    assert env["NODE_RANK"] == "0" and _env(pods[1])["NODE_RANK"] == "1"
+    assert env["RESUME_FROM"] == "latest"
+    assert env["KUBETRAIN_DATASET_PATH"] == "/data/train.jsonl"
+    assert json.loads(env["KUBETRAIN_CONFIG"])["llm"]["lora"]["rank"] == 8
+    assert worker0.metadata.labels["kubetrain.io/attempt"] == "1"
+
+    service = jobs.core.read_namespaced_service("llama-workers", jobs.ns)
+    assert service.spec.cluster_ip == "None"
+    claim = jobs.core.read_namespaced_persistent_volume_claim("llama-checkpoints", jobs.ns)
+    assert claim.spec.access_modes == ["ReadWriteMany"]
+    rbac = client.RbacAuthorizationV1Api(jobs.core.api_client)
+    rule = rbac.read_namespaced_role("llama-trainer", jobs.ns).rules[0]
+    assert (rule.resources, sorted(rule.verbs)) == (["pods"], ["get", "patch"])
+    assert rule.resource_names == ["llama-worker-0", "llama-worker-1"]
+
+    # The real scheduler placed them on the A100 node.
+    placed = wait_for(
+        lambda: all(p.spec.node_name == "fake-a100-0" for p in jobs.live_pods("llama", 2)),
+        "Pods bound to the A100 node",
+    )
+    assert placed
+    status = jobs.until("llama", lambda s: s.get("resourceAllocation"), "allocation")
+    assert status["resourceAllocation"]["summary"] == "a100:2x2"
+    assert status["estimatedCost"]["hourlyUSD"] == pytest.approx(12.0)
+
+    _run_all(jobs, "llama", pods)
+    jobs.phase("llama", "Running")
+    kubelet.report(
+        jobs.core,
+        jobs.ns,
+        "llama-worker-0",
+        epoch=1,
+        totalEpochs=2,
+        step=50,
+        totalSteps=100,
+        loss=1.25,
+        learningRate=1e-4,
+        throughput=1500.0,
+        throughputUnit="tokens/s",
+        checkpoints=[kubelet.checkpoint("step-50", 1, 50, 1.25)],
+    )
+    status = jobs.until(
+        "llama", lambda s: (s.get("progress") or {}).get("currentStep") == 50, "progress"
+    )
+    assert status["progress"]["percentage"] == 50.0
+    assert status["metrics"]["currentLoss"] == 1.25
+    assert status["metrics"]["bestLoss"] == 1.25
+    assert status["latestCheckpoint"] == "step-50"
+    assert status["checkpoints"][0]["path"] == "/checkpoints/step-50"
+
+    kubelet.report(
+        jobs.core,
+        jobs.ns,
+        "llama-worker-0",
+        epoch=2,
+        totalEpochs=2,
+        step=90,
+        totalSteps=100,
+        loss=1.5,
+    )
+    status = jobs.until("llama", lambda s: s["progress"]["currentStep"] == 90, "second report")
+    assert status["metrics"]["bestLoss"] == 1.25  # the best loss is kept
+
+    kubelet.report(
+        jobs.core,
+        jobs.ns,
+        "llama-worker-0",
+        state="completed",
+        epoch=2,
+        totalEpochs=2,
+        step=100,
+        totalSteps=100,
+        loss=0.9,
+        model={"path": "/checkpoints/output/adapter", "format": "peft-adapter"},
+    )
+    for pod in pods:
+        kubelet.finish(jobs.core, jobs.ns, pod.metadata.name, 0)
+    status = jobs.phase("llama", "Completed")
+    assert status["progress"]["percentage"] == 100.0
+    assert status["model"] == {
+        "claimName": "llama-checkpoints",
+        "path": "/checkpoints/output/adapter",
+        "format": "peft-adapter",
+    }
+    assert status["completionTime"]
+    completed = condition(status, "Completed")
+    assert completed["status"] == "True"
+    assert jobs.events("TrainingSucceeded")
+
+
+def test_an_unschedulable_job_is_queued_with_the_schedulers_reason(jobs: Jobs) -> None:
+    jobs.create(llm_job("big", resources={"gpuType": "h100", "gpusPerWorker": 16}))
+    status = jobs.phase("big", "Queued")
+    queued = condition(status, "Queued")
+    assert "nvidia.com/gpu" in queued["message"]
+    assert queued["reason"] == "Unschedulable"
+
+
+def test_an_unknown_gpu_type_fails_at_once_listing_the_known_ones(jobs: Jobs) -> None:
+    jobs.create(llm_job("tpu", resources={"gpuType": "tpu-v5"}), storage=False)
+    status = jobs.phase("tpu", "Failed")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "UnknownGPUType"
+    assert "spec.resources.gpuType: 'tpu-v5'" in failed["message"]
+    assert "a100, cpu, h100" in failed["message"]
+    assert jobs.pods("tpu") == []
+    assert jobs.events("UnknownGPUType")
+
+    jobs.patch("tpu", {"resources": {"gpuType": "h100"}})  # fixing the spec cures it
+    bound_claim(jobs.core, jobs.ns, "tpu-checkpoints", create_claim=False)
+    jobs.live_pods("tpu", 1)
+
+
+def _stop(jobs: Jobs, name: str) -> None:
+    jobs.patch(name, {"suspend": True})
+    jobs.phase(name, "Stopping")
+    for pod in jobs.pods(name):
+        if pod.metadata.deletion_timestamp is not None:
+            kubelet.terminate(jobs.core, jobs.ns, pod.metadata.name)
+    jobs.phase(name, "Stopped")
+
+
+def test_suspend_stops_and_resume_continues_from_a_checkpoint(jobs: Jobs) -> None:
+    jobs.create(llm_job("pausable"))
+    pod = jobs.live_pods("pausable", 1)[0]
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    kubelet.report(
+        jobs.core,
+        jobs.ns,
+        "pausable-worker-0",
+        epoch=1,
+        totalEpochs=2,
+        step=20,
+        totalSteps=40,
+        loss=2.0,
+        checkpoints=[
+            kubelet.checkpoint("step-10", 1, 10, 2.5),
+            kubelet.checkpoint("step-20", 1, 20, 2.0),
+        ],
+    )
+    jobs.until("pausable", lambda s: s.get("latestCheckpoint") == "step-20", "checkpoints")
+
+    _stop(jobs, "pausable")
+    status = jobs.status("pausable")
+    assert [c["id"] for c in status["checkpoints"]] == ["step-10", "step-20"]
+    assert jobs.core.read_namespaced_persistent_volume_claim("pausable-checkpoints", jobs.ns)
+    assert "latest checkpoint step-20" in condition(status, "Suspended")["message"]
+
+    jobs.patch("pausable", {"suspend": False})
+    pod = jobs.live_pods("pausable", 1, attempt=2)[0]
+    assert _env(pod)["RESUME_FROM"] == "latest"
+    assert jobs.events("Resumed")
+
+    _stop(jobs, "pausable")
+    jobs.patch("pausable", {"suspend": False, "resumeFrom": "step-10"})
+    pod = jobs.live_pods("pausable", 1, attempt=3)[0]
+    assert _env(pod)["RESUME_FROM"] == "step-10"
+
+    _stop(jobs, "pausable")
+    jobs.patch("pausable", {"suspend": False, "resumeFrom": "step-99"})
+    status = jobs.phase("pausable", "Failed")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "CheckpointNotFound"
+    assert "available: step-10, step-20" in failed["message"]
+    assert [c["id"] for c in status["checkpoints"]] == ["step-10", "step-20"]  # nothing lost
+
+
+def test_a_pod_deleted_by_someone_else_is_replaced_and_counted_as_a_restart(jobs: Jobs) -> None:
+    jobs.create(llm_job("fragile", runPolicy={"backoffLimit": 0}))
+    pod = jobs.live_pods("fragile", 1)[0]
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    jobs.phase("fragile", "Running")
+
+    jobs.core.delete_namespaced_pod(pod.metadata.name, jobs.ns)  # e.g. preemption, a drain
+    kubelet.terminate(jobs.core, jobs.ns, pod.metadata.name)
+    replacement = jobs.live_pods("fragile", 1, attempt=2)[0]
+    assert _env(replacement)["RESUME_FROM"] == "latest"
+    status = jobs.until("fragile", lambda s: s.get("restarts") == 1, "a restart counted")
+    assert status.get("failures", 0) == 0  # not held against backoffLimit 0
+    assert jobs.events("WorkerLost")
+
+
+def test_trainer_failures_are_retried_then_fail_past_the_backoff_limit(jobs: Jobs) -> None:
+    jobs.create(llm_job("flaky", runPolicy={"backoffLimit": 1}))
+    pod = jobs.live_pods("flaky", 1, attempt=1)[0]
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    kubelet.finish(jobs.core, jobs.ns, pod.metadata.name, 1, "CUDA error: out of memory")
+    jobs.until("flaky", lambda s: s.get("failures") == 1, "first failure counted")
+    assert jobs.events("TrainerFailed")
+
+    # The failed Pod is deleted (at once: it has terminated) and attempt 2 replaces it.
+    pod = jobs.live_pods("flaky", 1, attempt=2)[0]
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    kubelet.finish(
+        jobs.core, jobs.ns, pod.metadata.name, 2, "dataset /data/x.jsonl has 3 usable samples"
+    )
+    status = jobs.phase("flaky", "Failed")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "exited with code 2: dataset /data/x.jsonl has 3 usable samples" in failed["message"]
+    assert "backoffLimit (1)" in failed["message"]
+
+
+def test_a_bad_progress_report_is_ignored_with_a_warning(jobs: Jobs) -> None:
+    jobs.create(llm_job("noisy"))
+    pod = jobs.live_pods("noisy", 1)[0]
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    kubelet.report(
+        jobs.core,
+        jobs.ns,
+        "noisy-worker-0",
+        epoch=1,
+        totalEpochs=2,
+        step=5,
+        totalSteps=10,
+        loss=1.0,
+    )
+    jobs.until("noisy", lambda s: (s.get("progress") or {}).get("currentStep") == 5, "good report")
+
+    kubelet.set_annotation(
+        jobs.core,
+        jobs.ns,
+        "noisy-worker-0",
+        '{"version": 1, "time": "2026-01-01T00:00:00Z", "loss": 1e999}',
+    )
+    wait_for(
+        lambda: jobs.events("InvalidProgressReport"),
+        "a Warning for the bad report",
+        operator=jobs.operator,
+    )
+    kubelet.set_annotation(jobs.core, jobs.ns, "noisy-worker-0", "x" * 40_000)
+    wait_for(
+        lambda: len(jobs.events("InvalidProgressReport")) >= 2, "a Warning for the oversized report"
+    )
+    warning = jobs.events("InvalidProgressReport")[0]
+    assert warning.type == "Warning"
+    status = jobs.status("noisy")
+    assert status["progress"]["currentStep"] == 5 and status["metrics"]["currentLoss"] == 1.0
+    assert status["phase"] == "Running"
+
+
+def test_a_restarted_operator_makes_no_duplicates_and_carries_on(
+    jobs: Jobs, operator: OperatorProcess
+) -> None:
+    jobs.create(llm_job("steady", resources={"workers": 2, "gpuType": "a100"}))
+    pods = jobs.live_pods("steady", 2)
+    _run_all(jobs, "steady", pods)
+    jobs.phase("steady", "Running")
+
+    operator.kill()
+    kubelet.report(
+        jobs.core,
+        jobs.ns,
+        "steady-worker-0",
+        epoch=1,
+        totalEpochs=1,
+        step=7,
+        totalSteps=10,
+        loss=0.5,
+    )
+    operator.start()
+    status = jobs.until(
+        "steady",
+        lambda s: (s.get("progress") or {}).get("currentStep") == 7,
+        "progress after restart",
+    )
+    assert status["phase"] == "Running"
+    assert [p.metadata.uid for p in jobs.live_pods("steady", 2)] == [p.metadata.uid for p in pods]
+    assert status.get("restarts", 0) == 0 and status["attempt"] == 1
+
+
+def test_a_trainer_token_may_patch_only_its_own_pod(jobs: Jobs, cluster: Any) -> None:
+    jobs.create(llm_job("scoped", resources={"workers": 2, "gpuType": "a100"}))
+    pods = jobs.live_pods("scoped", 2)
+    token = jobs.core.create_namespaced_service_account_token(
+        "scoped-trainer",
+        jobs.ns,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod",
+                    api_version="v1",
+                    name=pods[0].metadata.name,
+                    uid=pods[0].metadata.uid,
+                ),
+            )
+        ),
+    ).status.token
+    configuration = client.Configuration()
+    configuration.host = cluster.server
+    configuration.ssl_ca_cert = str(cluster.pki_dir / "ca.crt")
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    as_trainer = client.CoreV1Api(client.ApiClient(configuration))
+
+    kubelet.report(
+        as_trainer, jobs.ns, "scoped-worker-0", step=1, totalSteps=10
+    )  # own Pod: allowed
+    with pytest.raises(ApiException) as other:
+        as_trainer.patch_namespaced_pod("unrelated", jobs.ns, {"metadata": {"labels": {"a": "b"}}})
+    assert other.value.status == 403
+    with pytest.raises(ApiException) as secrets:
+        as_trainer.list_namespaced_secret(jobs.ns)
+    assert secrets.value.status == 403
+    with pytest.raises(ApiException) as create:
+        as_trainer.create_namespaced_pod(
+            jobs.ns,
+            client.V1Pod(
+                metadata=client.V1ObjectMeta(name="x"),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]),
+            ),
+        )
+    assert create.value.status == 403
+
+
+def test_deleting_a_job_removes_its_children(jobs: Jobs) -> None:
+    jobs.create(llm_job("shortlived", resources={"workers": 2, "gpuType": "a100"}))
+    jobs.live_pods("shortlived", 2)
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.ns, PLURAL, "shortlived")
+    for pod in jobs.pods("shortlived"):  # no kubelet: finish the graceful deletions
+        jobs.core.delete_namespaced_pod(pod.metadata.name, jobs.ns, grace_period_seconds=0)
+
+    def gone() -> bool:
+        names = [p.metadata.name for p in jobs.pods("shortlived")]
+        claims = jobs.core.list_namespaced_persistent_volume_claim(jobs.ns).items
+        services = jobs.core.list_namespaced_service(jobs.ns).items
+        accounts = [
+            a.metadata.name for a in jobs.core.list_namespaced_service_account(jobs.ns).items
+        ]
+        return (
+            not names
+            and not [c for c in claims if c.metadata.deletion_timestamp is None]
+            and not services
+            and "shortlived-trainer" not in accounts
+        )
+
+    wait_for(gone, "garbage collection of the job's children", timeout=60)
