@@ -9,7 +9,7 @@ EXTRAS ?= lora,vision,dev
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup venv binaries test lint unit integration crds cluster-up cluster-down demo clean
+.PHONY: help setup venv binaries test lint unit integration crds bench cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,13 +38,16 @@ integration: ## integration tests only (real local control plane)
 	@bash hack/pytest.sh tests/integration
 
 lint: ## ruff, mypy --strict, import contracts
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 crds: ## regenerate crds/ and the chart's copy from the pydantic models
 	$(PY) -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/crds
+
+bench: ## the benchmarks, printing their figures
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 cluster-up: ## start the local cluster; writes .cluster/kubeconfig
 	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     parser.add_argument("--standalone", action="store_true", help="no peering with replicas")
     parser.add_argument("--peering", default="kubetrain", help="peering object name (HA)")
-    parser.add_argument("--workers", type=int, default=4, help="reconcile threads")
+    parser.add_argument("--workers", type=int, default=8, help="reconcile threads")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="probe URL")
     parser.add_argument("--status-interval-seconds", type=float, help="status write throttle")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -14,7 +16,7 @@ from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.controller import Controller
 from kubetrain.kube import Cluster
 from kubetrain.render import LABEL_JOB, MANAGED_BY
-from kubetrain.settings import Settings
+from kubetrain.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ def _api_client(kubeconfig: str | None, pool: int) -> client.ApiClient:
 @kopf.on.startup()
 def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     """Build the controller from the options __main__ put in the memo."""
+    if "settings" not in memo:  # started by `kopf run -m kubetrain.handlers`
+        path = os.environ.get("KUBETRAIN_CONFIG_FILE")
+        memo["settings"] = load_settings(Path(path) if path else None)
     operator_settings: Settings = memo["settings"]
     if memo.get("standalone"):
         settings.peering.standalone = True
@@ -43,7 +48,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    workers = int(memo.get("workers", 4))
+    workers = int(memo.get("workers", 8))
     api = memo["api_client"] = _api_client(memo.get("kubeconfig"), pool=workers * 2 + 2)
     cluster = Cluster(api)
     controller = Controller(cluster, operator_settings, workers=workers)
@@ -58,7 +63,10 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
 def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """kopf's watches use the same credentials as the operator's own client."""
     configuration = memo["api_client"].configuration
-    token = (configuration.api_key or {}).get("authorization", "")
+    if configuration.refresh_api_key_hook is not None:  # e.g. a rotated in-cluster token
+        configuration.refresh_api_key_hook(configuration)
+    keys = configuration.api_key or {}
+    token = keys.get("BearerToken") or keys.get("authorization") or ""
     return kopf.ConnectionInfo(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,

@@ -10,6 +10,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kubetrain import metrics
 from kubetrain.api.base import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,10 @@ class Cluster:
         self.core = client.CoreV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
-        self.requests = 0
 
-    def _count(self) -> None:
-        self.requests += 1
+    @staticmethod
+    def _count(verb: str) -> None:
+        metrics.API_REQUESTS.labels(verb).inc()
 
     def create(self, manifest: JSON) -> bool:
         """Create ``manifest``; False when it already exists (creation is idempotent)."""
@@ -44,9 +45,10 @@ class Cluster:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
         }[kind]
-        self._count()
+        self._count("create")
         try:
-            create(ns, manifest)
+            # The response is not needed: skip deserialising it into client models.
+            create(ns, manifest, _preload_content=False).release_conn()
         except ApiException as err:
             if err.status == 409:
                 return False
@@ -55,9 +57,12 @@ class Cluster:
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
-        self._count()
+        self._count("delete")
         try:
-            self.core.delete_namespaced_pod(name, namespace)
+            response: Any = self.core.delete_namespaced_pod(
+                name, namespace, _preload_content=False
+            )
+            response.release_conn()
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -65,7 +70,7 @@ class Cluster:
     def replace_status(self, job: JSON) -> JSON:
         """Write ``job['status']`` guarded by its resourceVersion; StaleError when stale."""
         meta = job["metadata"]
-        self._count()
+        self._count("update")
         try:
             result = cast(
                 JSON,
@@ -80,7 +85,7 @@ class Cluster:
         return result
 
     def delete_job(self, namespace: str, name: str) -> None:
-        self._count()
+        self._count("delete")
         try:
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
@@ -116,8 +121,11 @@ class Cluster:
             "lastTimestamp": now.isoformat(),
             "count": 1,
         }
-        self._count()
+        self._count("create")
         try:
-            self.core.create_namespaced_event(meta["namespace"], cast(Any, event))
+            response: Any = self.core.create_namespaced_event(
+                meta["namespace"], cast(Any, event), _preload_content=False
+            )
+            response.release_conn()
         except ApiException as err:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], err.reason)

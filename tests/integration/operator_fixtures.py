@@ -149,11 +149,56 @@ def operator_config(tmp: Path) -> Path:
     return path
 
 
+def operator_identity(cluster: ControlPlane, core: client.CoreV1Api, tmp: Path) -> Path:
+    """A kubeconfig for a ServiceAccount bound to config/rbac's ClusterRole, and nothing else.
+
+    Running the operator under it proves that ClusterRole is enough.
+    """
+    kubectl = [str(find_binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig)]
+    subprocess.run(
+        [*kubectl, "apply", "-f", str(ROOT / "config" / "rbac")], check=True, capture_output=True
+    )
+    with contextlib.suppress(ApiException):
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name="kubetrain-system"))
+        )
+    with contextlib.suppress(ApiException):
+        core.create_namespaced_service_account(
+            "kubetrain-system",
+            client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="kubetrain-operator")),
+        )
+    subprocess.run(
+        [
+            *kubectl,
+            "create",
+            "clusterrolebinding",
+            "kubetrain-operator",
+            "--clusterrole=kubetrain-operator",
+            "--serviceaccount=kubetrain-system:kubetrain-operator",
+        ],
+        check=False,
+        capture_output=True,
+    )
+    token = core.create_namespaced_service_account_token(
+        "kubetrain-operator",
+        "kubetrain-system",
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=86400)
+        ),
+    ).status.token
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": "operator", "user": {"token": token}}]
+    admin["contexts"][0]["context"]["user"] = "operator"
+    path = tmp / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(admin))
+    return path
+
+
 class OperatorProcess:
     """``python -m kubetrain`` as a child process, stoppable and restartable by PID."""
 
-    def __init__(self, cluster: ControlPlane, config: Path, log: Path) -> None:
-        self.cluster, self.config, self.log = cluster, config, log
+    def __init__(self, kubeconfig: Path, config: Path, log: Path) -> None:
+        self.kubeconfig, self.config, self.log = kubeconfig, config, log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -162,7 +207,7 @@ class OperatorProcess:
             "-m",
             "kubetrain",
             "--kubeconfig",
-            str(self.cluster.kubeconfig),
+            str(self.kubeconfig),
             "--config",
             str(self.config),
             "--standalone",
@@ -223,13 +268,15 @@ def fake_gpu_nodes(core: client.CoreV1Api) -> Iterator[FakeNodes]:
 @pytest.fixture(scope="session")
 def operator(
     cluster: ControlPlane,
+    core: client.CoreV1Api,
     crds: None,
     priority_classes: None,
     fake_gpu_nodes: FakeNodes,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     tmp = tmp_path_factory.mktemp("operator")
-    process = OperatorProcess(cluster, operator_config(tmp), tmp / "operator.log")
+    identity = operator_identity(cluster, core, tmp)
+    process = OperatorProcess(identity, operator_config(tmp), tmp / "operator.log")
     process.start()
     yield process
     process.stop()

@@ -170,12 +170,11 @@ class _Planner:
         if failed or lost:
             return self._restart(failed, lost)
 
-        if st.attempt == 0 or st.phase is Phase.STOPPED:
+        # A first start, a resume, or a run after a spec error cured by a new generation.
+        if st.attempt == 0 or st.phase in (Phase.STOPPED, Phase.FAILED):
             if not self._start():
                 return self.plan
             current = []
-        elif st.phase is Phase.FAILED:  # a spec error cured by the new generation
-            self.phase(Phase.PENDING, "SpecCorrected", "the spec was corrected; continuing")
 
         self.plan.resume_from = st.resumed_from or "latest"
         if any(p.attempt != st.attempt for p in self.pods):

@@ -79,6 +79,7 @@ class Reconciler:
         self.cluster, self.cache, self.settings, self.clock = cluster, cache, settings, clock
         self._last_write: dict[Key, float] = {}
         self._bad_reports: dict[str, str] = {}
+        self._set_up: dict[Key, str] = {}  # uid of each job whose children exist
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -91,6 +92,7 @@ class Reconciler:
         with self._guard:
             self._locks.pop(key, None)
         self._last_write.pop(key, None)
+        self._set_up.pop(key, None)
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one job closer to its spec; returns seconds until it wants another look."""
@@ -166,6 +168,7 @@ class Reconciler:
         self._last_write[key] = time.monotonic()
         metrics.STATUS_WRITES.inc()
         metrics.observe_phase(key, str(new.phase) if new.phase else "")
+        _count_changes(old, new)
         return None
 
     def _invalid(self, body: JSON, message: str, now: datetime) -> float | None:
@@ -210,16 +213,23 @@ class Reconciler:
             )
 
     def _create(self, body: JSON, job: TrainingJob, decided: Plan) -> None:
+        """Create the job's children, then the missing worker Pods.
+
+        The claim, ServiceAccount and its Role come first (a Pod needs them to be
+        scheduled, admitted and to report); all of them only once per job and operator
+        run, since they never change.
+        """
         assert decided.placement is not None
-        for child in (
-            checkpoint_claim(job),
-            service_account(job),
-            role(job),
-            role_binding(job),
-            headless_service(job, self.settings),
-        ):
-            if child is not None:
-                self.cluster.create(child)
+        key, uid = (body["metadata"]["namespace"], body["metadata"]["name"]), job.metadata.uid or ""
+        if self._set_up.get(key) != uid:
+            for child in (
+                checkpoint_claim(job),
+                service_account(job),
+                role(job),
+                role_binding(job),
+            ):
+                if child is not None:
+                    self.cluster.create(child)
         for index in decided.create:
             pod = worker_pod(
                 job,
@@ -236,6 +246,24 @@ class Reconciler:
                     message = f"could not create Pod {pod['metadata']['name']}: {_message(err)}"
                     self.cluster.post_event(body, "Warning", "FailedCreatePod", message)
                 raise
+        if self._set_up.get(key) != uid:
+            service = headless_service(job, self.settings)
+            if service is not None:
+                self.cluster.create(service)
+            self._set_up[key] = uid
+
+
+def _count_changes(old: TrainingJobStatus, new: TrainingJobStatus) -> None:
+    """Feed the operator-wide counters with what this status write adds."""
+    before = (old.resource_usage.gpu_hours or 0.0) if old.resource_usage else 0.0
+    after = (new.resource_usage.gpu_hours or 0.0) if new.resource_usage else 0.0
+    if after > before:
+        metrics.GPU_HOURS.inc(after - before)
+    if new.restarts > old.restarts:
+        metrics.RESTARTS.inc(new.restarts - old.restarts)
+    seen = old.progress.last_update_time if old.progress else None
+    if new.progress is not None and new.progress.last_update_time != seen:
+        metrics.REPORTS.labels("accepted").inc()
 
 
 def _message(err: ApiException) -> str:

@@ -1,0 +1,313 @@
+"""Operator benchmark on the real local control plane: N TrainingJobs applied at once.
+
+Prints: creation -> all worker Pods created (p50/p99), status-mirror latency from a
+progress-annotation patch to the job's status (p50/p99), API requests the reconciler
+sent per job lifecycle (create -> report -> Completed), and the operator's peak RSS.
+The kubelet is played by this script (no node agent): Pods are not scheduled, their
+status is written as a kubelet would write it.
+
+    .venv/bin/python bench/bench_operator.py [--jobs 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
+from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
+from kubetrain.localcluster.ports import free_ports  # noqa: E402
+from kubetrain.report import ANNOTATION  # noqa: E402
+
+NS = "bench"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "modelType": "llm",
+            "dataset": {"synthetic": {"samples": 64}},
+            "llm": {"baseModel": "tiny"},
+            "resources": {"gpuType": "cpu"},
+            "checkpoint": {"existingClaimName": "shared"},
+        },
+    }
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kubetrain_api_requests_total{"):
+            out[line.split('verb="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=8, help="operator reconcile threads")
+    args = parser.parse_args()
+    n = args.jobs
+
+    with tempfile.TemporaryDirectory() as tmp, ControlPlane(Path(tmp) / "cluster") as plane:
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        api.configuration.connection_pool_maxsize = 32
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        subprocess.run(
+            [
+                find_binary("kubectl"),
+                "--kubeconfig",
+                plane.kubeconfig,
+                "apply",
+                "--server-side",
+                "-f",
+                ROOT / "crds",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                find_binary("kubectl"),
+                "--kubeconfig",
+                plane.kubeconfig,
+                "wait",
+                "--for=condition=Established",
+                "crd/trainingjobs.kubetrain.io",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        scheduling = client.SchedulingV1Api(api)
+        for name, value in (
+            ("kubetrain-high", 1000),
+            ("kubetrain-normal", 100),
+            ("kubetrain-low", 10),
+        ):
+            scheduling.create_priority_class(
+                client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value)
+            )
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+
+        (metrics_port,) = free_ports(1)
+        log = Path(tmp) / "operator.log"
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubetrain",
+                "--kubeconfig",
+                str(plane.kubeconfig),
+                "--standalone",
+                "--liveness",
+                "",
+                "--metrics-port",
+                str(metrics_port),
+                "--workers",
+                str(args.workers),
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    scrape(metrics_port)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+            created_at: dict[str, float] = {}
+            pods_at: dict[str, float] = {}
+            done = threading.Event()
+
+            def watch_pods() -> None:
+                w = watch.Watch()
+                for event in w.stream(core.list_namespaced_pod, NS, timeout_seconds=600):
+                    pod = event["object"]
+                    if event["type"] == "ADDED":
+                        pods_at.setdefault(
+                            pod.metadata.labels["kubetrain.io/job-name"], time.monotonic()
+                        )
+                    if len(pods_at) >= n:
+                        w.stop()
+                done.set()
+
+            watcher = threading.Thread(target=watch_pods, daemon=True)
+            watcher.start()
+            time.sleep(0.5)  # let the watch establish before the burst
+
+            def create(i: int) -> None:
+                name = f"job-{i:04d}"
+                custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, job(name))
+                created_at[name] = time.monotonic()
+
+            burst = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(create, range(n)))
+            applied = time.monotonic() - burst
+            done.wait(600)
+            creation = [pods_at[k] - created_at[k] for k in created_at if k in pods_at]
+            all_pods = max(pods_at.values()) - burst
+
+            # Mirror latency: one report per job, timed until status shows it.
+            mirrored: dict[str, float] = {}
+            patched: dict[str, float] = {}
+            stop = threading.Event()
+
+            def watch_jobs() -> None:
+                w = watch.Watch()
+                for event in w.stream(
+                    custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    NS,
+                    PLURAL,
+                    timeout_seconds=600,
+                ):
+                    obj = event["object"]
+                    name = obj["metadata"]["name"]
+                    step = ((obj.get("status") or {}).get("progress") or {}).get("currentStep")
+                    if step == 7 and name in patched and name not in mirrored:
+                        mirrored[name] = time.monotonic()
+                    if len(mirrored) >= n or stop.is_set():
+                        w.stop()
+
+            jw = threading.Thread(target=watch_jobs, daemon=True)
+            jw.start()
+            # Let the status throttle window of the last writes pass (3 s by default): this
+            # measures a report that arrives after a quiet spell, as the trainer's reports
+            # (every 5 s) do. Reports faster than the throttle wait up to that window.
+            time.sleep(4.0)
+            report = {
+                "version": 1,
+                "time": datetime.now(UTC).isoformat(),
+                "epoch": 1,
+                "totalEpochs": 1,
+                "step": 7,
+                "totalSteps": 10,
+                "loss": 0.5,
+            }
+
+            def patch(i: int) -> None:
+                name = f"job-{i:04d}"
+                patched[name] = time.monotonic()
+                core.patch_namespaced_pod(
+                    f"{name}-worker-0",
+                    NS,
+                    {"metadata": {"annotations": {ANNOTATION: json.dumps(report)}}},
+                )
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(patch, range(n)))
+            jw.join(120)
+            stop.set()
+            mirror = [mirrored[k] - patched[k] for k in mirrored]
+
+            # Finish every Pod as a kubelet would, and wait for Completed.
+            now = datetime.now(UTC).isoformat()
+
+            def finish(i: int) -> None:
+                core.patch_namespaced_pod_status(
+                    f"job-{i:04d}-worker-0",
+                    NS,
+                    {
+                        "status": {
+                            "phase": "Succeeded",
+                            "containerStatuses": [
+                                {
+                                    "name": "trainer",
+                                    "image": "t",
+                                    "imageID": "",
+                                    "ready": False,
+                                    "restartCount": 0,
+                                    "state": {
+                                        "terminated": {
+                                            "exitCode": 0,
+                                            "reason": "Completed",
+                                            "startedAt": now,
+                                            "finishedAt": now,
+                                        }
+                                    },
+                                }
+                            ],
+                        }
+                    },
+                )
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(finish, range(n)))
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                items = custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
+                completed = sum(
+                    1 for j in items if (j.get("status") or {}).get("phase") == "Completed"
+                )
+                if completed == n:
+                    break
+                time.sleep(1)
+            requests = scrape(metrics_port)
+            rss = peak_rss_mb(operator.pid)
+        finally:
+            operator.terminate()
+            operator.wait(30)
+
+    total = sum(requests.values())
+    per_verb = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(requests.items()))
+    print(
+        f"operator benchmark: {n} TrainingJobs applied at once ({applied:.1f}s to submit), "
+        f"{args.workers} reconcile workers"
+    )
+    print(
+        f"  creation -> worker Pod created: p50 {statistics.median(creation):.2f}s "
+        f"p99 {pct(creation, 0.99):.2f}s (all {len(creation)} Pods within {all_pods:.1f}s "
+        "of the first apply)   target p99 <= 3s"
+    )
+    print(
+        f"  report patch -> status mirrored: p50 {statistics.median(mirror):.2f}s "
+        f"p99 {pct(mirror, 0.99):.2f}s ({len(mirror)} of {n} measured)   target p99 <= 2s"
+    )
+    print(f"  API requests per job lifecycle: {total / n:.1f} ({per_verb}; watches not counted)")
+    print(f"  jobs Completed: {completed} of {n}")
+    print(f"  operator peak RSS: {rss:.0f} MB   target <= 250 MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

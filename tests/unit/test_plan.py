@@ -1,0 +1,253 @@
+"""The reconciler's decisions, as a pure function: scenarios from a job's life."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubetrain.api.job import TrainingJob
+from kubetrain.api.status import Phase
+from kubetrain.reconcile.plan import Plan, plan
+from kubetrain.report import EXIT_STOPPED
+from kubetrain.settings import Settings
+from kubetrain.status import PodView
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SETTINGS = Settings()
+
+
+def job(status: dict[str, Any] | None = None, generation: int = 1, **spec: Any) -> TrainingJob:
+    body: dict[str, Any] = {
+        "modelType": "llm",
+        "dataset": {"synthetic": {}},
+        "llm": {"baseModel": "tiny"},
+        "resources": {"gpuType": "a100", "workers": 2, "gpusPerWorker": 4},
+    }
+    body.update(spec)
+    return TrainingJob.model_validate(
+        {
+            "metadata": {"name": "j", "namespace": "ns", "uid": "u", "generation": generation},
+            "spec": body,
+            "status": status or {},
+        }
+    )
+
+
+def pod(index: int, attempt: int = 1, phase: str = "Running", **fields: Any) -> PodView:
+    return PodView(
+        name=f"j-worker-{index}",
+        uid=f"uid-{index}-{attempt}",
+        index=index,
+        attempt=attempt,
+        phase=phase,
+        deleting=fields.pop("deleting", False),
+        **fields,
+    )
+
+
+def running(attempt: int = 1, **status: Any) -> dict[str, Any]:
+    return {"phase": "Running", "attempt": attempt, "startTime": "2026-11-22T11:00:00Z", **status}
+
+
+def decide(j: TrainingJob, pods: list[PodView], now: datetime = NOW) -> Plan:
+    return plan(j, pods, now=now, settings=SETTINGS)
+
+
+def reasons(p: Plan) -> list[str]:
+    return [e.reason for e in p.events]
+
+
+def test_a_new_job_starts_attempt_one_with_every_worker() -> None:
+    p = decide(job(), [])
+    assert p.status.attempt == 1 and p.create == [0, 1]
+    assert p.status.phase is Phase.PENDING and reasons(p) == ["Created"]
+    assert p.resume_from == "latest"
+    assert p.status.resource_allocation is not None
+    assert p.status.resource_allocation.summary == "a100:4x2"
+    assert p.status.estimated_cost is not None and p.status.estimated_cost.hourly_usd == 24.0
+
+
+def test_running_workers_make_the_job_running() -> None:
+    p = decide(job({"phase": "Pending", "attempt": 1}), [pod(0), pod(1)])
+    assert p.status.phase is Phase.RUNNING and p.status.start_time == NOW
+    assert p.create == [] and p.delete == []
+
+
+def test_a_pod_the_scheduler_cannot_place_queues_the_job() -> None:
+    waiting = pod(1, phase="Pending", unschedulable="0/3 nodes: 3 Insufficient nvidia.com/gpu.")
+    p = decide(job({"phase": "Pending", "attempt": 1}), [pod(0), waiting])
+    assert p.status.phase is Phase.QUEUED
+    queued = p.status.condition("Queued")
+    assert queued is not None and "Insufficient nvidia.com/gpu" in queued.message
+
+
+def test_all_workers_succeeding_completes_the_job() -> None:
+    p = decide(job(running()), [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")])
+    assert p.status.phase is Phase.COMPLETED and p.status.completion_time == NOW
+    assert p.delete == [] and p.create == []
+
+
+@pytest.mark.parametrize(
+    ("pods", "phase"), [([pod(0), pod(1)], Phase.STOPPING), ([], Phase.STOPPED)]
+)
+def test_suspend_deletes_workers_then_stops(pods: list[PodView], phase: Phase) -> None:
+    p = decide(job(running(latestCheckpoint="step-9"), suspend=True), pods)
+    assert p.status.phase is phase
+    assert p.delete == [x.name for x in pods]
+    if phase is Phase.STOPPED:
+        suspended = p.status.condition("Suspended")
+        assert suspended is not None and "latest checkpoint step-9" in suspended.message
+
+
+def test_resume_starts_a_new_attempt_from_the_named_checkpoint() -> None:
+    stopped = running(phase="Stopped", checkpoints=[{"id": "a"}, {"id": "b"}], latestCheckpoint="b")
+    p = decide(job(stopped, resumeFrom="a"), [])
+    assert p.status.attempt == 2 and p.create == [0, 1] and p.resume_from == "a"
+    assert "Resumed" in reasons(p)
+
+
+def test_an_unknown_checkpoint_fails_until_the_spec_changes() -> None:
+    stopped = running(phase="Stopped", checkpoints=[{"id": "a"}])
+    p = decide(job(stopped, resumeFrom="zz"), [])
+    assert p.status.phase is Phase.FAILED and p.create == []
+    failed = p.status.condition("Failed")
+    assert failed is not None and failed.reason == "CheckpointNotFound"
+    assert "available: a" in failed.message
+    assert p.status.completion_time is None  # a spec error: the job is not over
+
+    written = p.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert decide(job(written, resumeFrom="zz"), []).create == []  # same generation: no retry
+    fixed = decide(job(written, generation=2, resumeFrom="a"), [])
+    assert fixed.create == [0, 1] and fixed.resume_from == "a"
+
+
+def test_a_failing_trainer_counts_against_the_backoff_limit() -> None:
+    broken = pod(0, phase="Failed", exit_code=1, message="CUDA error: out of memory")
+    p = decide(job(running(), runPolicy={"backoffLimit": 1}), [broken, pod(1)])
+    assert p.status.failures == 1 and p.status.attempt == 2
+    assert sorted(p.delete) == ["j-worker-0", "j-worker-1"]  # the whole group restarts
+    assert "TrainerFailed" in reasons(p)
+
+    again = decide(
+        job(running(attempt=2, failures=1), runPolicy={"backoffLimit": 1}),
+        [
+            pod(0, attempt=2, phase="Failed", exit_code=1, message="CUDA error: out of memory"),
+        ],
+    )
+    assert again.status.phase is Phase.FAILED
+    failed = again.status.condition("Failed")
+    assert failed is not None and failed.reason == "BackoffLimitExceeded"
+    assert "exited with code 1: CUDA error: out of memory" in failed.message
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        pod(0, phase="Failed", reason="Evicted"),
+        pod(0, phase="Failed", exit_code=EXIT_STOPPED),
+        pod(0, phase="Failed", disruption="PreemptionByScheduler"),
+        pod(0, deleting=True),
+    ],
+)
+def test_a_lost_worker_restarts_the_group_without_counting_a_failure(lost: PodView) -> None:
+    p = decide(job(running(), runPolicy={"backoffLimit": 0}), [lost, pod(1)])
+    assert (p.status.restarts, p.status.failures, p.status.attempt) == (1, 0, 2)
+    assert "WorkerLost" in reasons(p)
+    assert p.status.phase is Phase.PENDING
+
+
+def test_new_workers_wait_until_the_previous_attempt_is_gone() -> None:
+    p = decide(job(running(attempt=2, phase="Pending")), [pod(0, attempt=1, deleting=True)])
+    assert p.create == []
+    gone = decide(job(running(attempt=2, phase="Pending")), [])
+    assert gone.create == [0, 1]
+
+
+def test_an_unknown_gpu_type_fails_listing_the_catalogue() -> None:
+    p = decide(job(resources={"gpuType": "tpu"}), [])
+    failed = p.status.condition("Failed")
+    assert p.status.phase is Phase.FAILED and failed is not None
+    assert failed.reason == "UnknownGPUType" and "a100, a10g, cpu, h100" in failed.message
+
+
+def test_gpu_hours_and_cost_accrue_while_workers_run() -> None:
+    since = {
+        "resourceUsage": {"gpuHours": 1.0, "costUSD": 3.0, "lastUpdateTime": "2026-11-22T11:30:00Z"}
+    }
+    p = decide(job(running(**since)), [pod(0), pod(1)])
+    usage = p.status.resource_usage
+    assert usage is not None
+    assert usage.gpu_hours == pytest.approx(1.0 + 2 * 4 * 0.5)  # 2 workers x 4 GPUs x 30 min
+    assert usage.cost_usd == pytest.approx(3.0 + 3.0 * 8 * 0.5)
+    assert usage.last_update_time == NOW
+
+
+def test_the_cost_ceiling_stops_the_job() -> None:
+    spent = {"resourceUsage": {"gpuHours": 40.0, "costUSD": 120.0}}
+    p = decide(job(running(**spent), runPolicy={"maxCostUSD": 100}), [pod(0), pod(1)])
+    assert p.status.phase is Phase.STOPPING and sorted(p.delete) == ["j-worker-0", "j-worker-1"]
+    stopped = decide(job(running(phase="Stopping", **spent), runPolicy={"maxCostUSD": 100}), [])
+    suspended = stopped.status.condition("Suspended")
+    assert stopped.status.phase is Phase.STOPPED and suspended is not None
+    assert suspended.reason == "CostLimitReached" and "maxCostUSD 100.00" in suspended.message
+
+
+def test_the_active_deadline_fails_the_job() -> None:
+    p = decide(job(running(), runPolicy={"activeDeadlineSeconds": 600}), [pod(0), pod(1)])
+    failed = p.status.condition("Failed")
+    assert (
+        p.status.phase is Phase.FAILED
+        and failed is not None
+        and failed.reason == "DeadlineExceeded"
+    )
+    assert sorted(p.delete) == ["j-worker-0", "j-worker-1"]
+
+
+def test_a_finished_job_is_deleted_after_its_ttl() -> None:
+    done = {"phase": "Completed", "attempt": 1, "completionTime": "2026-11-22T11:59:00Z"}
+    early = decide(job(done, runPolicy={"ttlSecondsAfterFinished": 120}), [])
+    assert not early.delete_job and early.requeue_after == 60
+    late = decide(
+        job(done, runPolicy={"ttlSecondsAfterFinished": 120}), [], now=NOW + timedelta(minutes=2)
+    )
+    assert late.delete_job
+
+
+def test_reports_are_mirrored_and_bad_ones_set_aside() -> None:
+    report = {
+        "version": 1,
+        "time": "2026-11-22T11:59:58Z",
+        "epoch": 1,
+        "totalEpochs": 2,
+        "step": 30,
+        "totalSteps": 120,
+        "loss": 0.75,
+        "checkpoints": [
+            {
+                "id": "s30",
+                "epoch": 1,
+                "step": 30,
+                "createdAt": "2026-11-22T11:59:00Z",
+                "path": "/checkpoints/s30",
+            }
+        ],
+    }
+    status = running(progress={"elapsedSeconds": 600}, metrics={"bestLoss": 0.5})
+    p = decide(job(status), [pod(0, report=json.dumps(report)), pod(1)])
+    assert p.status.progress is not None and p.status.metrics is not None
+    assert (p.status.progress.current_step, p.status.progress.percentage) == (30, 25.0)
+    assert p.status.progress.remaining_seconds == 1800.0  # 600 s for 30 steps, 90 to go
+    assert p.status.metrics.best_loss == 0.5 and p.status.metrics.current_loss == 0.75
+    assert p.status.latest_checkpoint == "s30"
+
+    bad = decide(
+        job(status),
+        [pod(0, report='{"version": 1, "time": "2026-01-01T00:00:00Z", "step": -3}'), pod(1)],
+    )
+    assert [problem for _, problem in bad.bad_reports] == [
+        "invalid report field step: Input should be greater than or equal to 0"
+    ]
+    assert bad.status.progress is not None and bad.status.progress.current_step is None
