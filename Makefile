@@ -9,7 +9,7 @@ EXTRAS ?= lora,vision,dev
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup venv binaries test lint unit integration crds bench cluster-up cluster-down demo clean
+.PHONY: help setup venv binaries test lint unit integration crds bench images cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,12 +42,21 @@ lint: ## ruff, mypy --strict, import contracts
 	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint images/*/Dockerfile
 
-crds: ## regenerate crds/ and the chart's copy from the pydantic models
-	$(PY) -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/crds
+crds: ## regenerate crds/ and the chart's copies (CRD from the models, operator ClusterRole)
+	$(PY) -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/files/crds
+	cp config/rbac/operator-clusterrole.yaml charts/kubetrain/files/rbac/
 
 bench: ## the benchmarks, printing their figures
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+IMAGE_REGISTRY ?= ghcr.io/kubetrain
+IMAGE_TAG ?= 0.1.0
+images: ## build the container images (needs Docker; not available on the build machines here)
+	docker build -f images/operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
+	docker build -f images/trainer-lora/Dockerfile -t $(IMAGE_REGISTRY)/trainer-lora:$(IMAGE_TAG) .
+	docker build -f images/trainer-vision/Dockerfile -t $(IMAGE_REGISTRY)/trainer-vision:$(IMAGE_TAG) .
 
 cluster-up: ## start the local cluster; writes .cluster/kubeconfig
 	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR)

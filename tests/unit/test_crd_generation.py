@@ -13,7 +13,7 @@ from kubetrain.api.crd import CRD_FILENAME, build_crd, main, render_crd, write_c
 from kubetrain.api.structural import schema_problems, structural_schema, walk
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = [ROOT / "crds" / CRD_FILENAME, ROOT / "charts" / "kubetrain" / "crds" / CRD_FILENAME]
+COMMITTED = [ROOT / "crds" / CRD_FILENAME, ROOT / "charts" / "kubetrain" / "files" / "crds" / CRD_FILENAME]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_make_crds_check_mode_agrees(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_generation_is_deterministic_and_writes_both_copies(tmp_path: Path) -> None:
     assert render_crd() == render_crd()
-    dirs = [tmp_path / "crds", tmp_path / "charts" / "kubetrain" / "crds"]
+    dirs = [tmp_path / "crds", tmp_path / "charts" / "kubetrain" / "files" / "crds"]
     assert write_crds(dirs, check=True) == [d / CRD_FILENAME for d in dirs]
     assert not dirs[0].exists()
     assert write_crds(dirs) == [d / CRD_FILENAME for d in dirs]

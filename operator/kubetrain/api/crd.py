@@ -1,6 +1,6 @@
 """Generate the TrainingJob CustomResourceDefinition from the pydantic models.
 
-``python -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/crds`` (``make crds``)
+``python -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/files/crds`` (``make crds``)
 writes the CRD to both folders; ``--check`` only reports whether the files are current.
 The output is deterministic, so a test can fail whenever the committed files drift.
 """

@@ -1,0 +1,209 @@
+"""The Helm chart: lint, server-side validation of its output, install, upgrade, uninstall.
+
+Runs against a control plane of its own, so the chart installs its CRD and
+PriorityClasses into a cluster that has none yet, as on a fresh real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetrain.localcluster import ControlPlane, find_binary
+from kubetrain.settings import Settings
+from tests.polling import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubetrain"
+NS = "kubetrain-system"
+
+
+def _ran(result: subprocess.CompletedProcess[str], check: bool) -> subprocess.CompletedProcess[str]:
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(result.args[3:])} failed:\n{result.stderr}")
+    return result
+
+
+class Tools:
+    """helm and kubectl pointed at one cluster, with helm's state in a temp dir."""
+
+    def __init__(self, plane: ControlPlane, home: Path) -> None:
+        self.kubeconfig = str(plane.kubeconfig)
+        self.env = dict(
+            os.environ,
+            HELM_CACHE_HOME=str(home / "cache"),
+            HELM_CONFIG_HOME=str(home / "config"),
+            HELM_DATA_HOME=str(home / "data"),
+        )
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(find_binary("helm")), "--kubeconfig", self.kubeconfig, *args]
+        return _ran(
+            subprocess.run(argv, check=False, capture_output=True, text=True, env=self.env), check
+        )
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(find_binary("kubectl")), "--kubeconfig", self.kubeconfig, *args]
+        return _ran(
+            subprocess.run(argv, check=False, capture_output=True, text=True, input=stdin), check
+        )
+
+    def get(self, *args: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        return result
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tools]:
+    plane = ControlPlane(tmp_path_factory.mktemp("chart-cluster"))
+    plane.start()
+    try:
+        yield Tools(plane, tmp_path_factory.mktemp("helm"))
+    finally:
+        plane.stop()
+
+
+def test_the_chart_lints() -> None:
+    lint = subprocess.run(
+        [str(find_binary("helm")), "lint", str(CHART), "--kube-version", "1.36.3", "--strict"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_bad_values_fail_before_anything_is_installed(tools: Tools) -> None:
+    for setting, complaint in (
+        ("replicas=0", "/replicas"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        (
+            "gpuCatalogue.gpuTypes.mi300.pricePerHour=-1",
+            "/gpuCatalogue/gpuTypes/mi300/pricePerHour",
+        ),
+        ("operator.unknownKnob=1", "unknownKnob"),
+    ):
+        result = tools.helm(
+            "template", "t", str(CHART), "--kube-version", "1.36.3", "--set", setting, check=False
+        )
+        assert result.returncode != 0 and complaint in result.stderr, (setting, result.stderr)
+
+
+def test_every_rendered_object_passes_server_side_validation(tools: Tools) -> None:
+    tools.kubectl("create", "namespace", "render-check")
+    for values in ([], ["--set", "replicas=2"]):
+        rendered = tools.helm(
+            "template", "t", str(CHART), "--kube-version", "1.36.3", "-n", "render-check", *values
+        ).stdout
+        documents = [d for d in yaml.safe_load_all(rendered) if d]
+        crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
+        # CRDs first (for real, not dry-run), so that objects of their kinds can be checked.
+        peering = (CHART / "crds" / "kopf-peering.yaml").read_text()
+        tools.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            stdin=peering + "\n---\n" + yaml.safe_dump_all(crds),
+        )
+        eventually(
+            lambda: (
+                tools.kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/trainingjobs.kubetrain.io",
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            what="CRD established",
+        )
+        rest = yaml.safe_dump_all([d for d in documents if d["kind"] != "CustomResourceDefinition"])
+        check = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rest, check=False)
+        assert check.returncode == 0, check.stderr
+    tools.kubectl("delete", "crd", "trainingjobs.kubetrain.io", "clusterkopfpeerings.kopf.dev")
+    tools.kubectl("delete", "namespace", "render-check", "--wait=false")
+
+
+def test_install_upgrade_uninstall(tools: Tools) -> None:
+    eventually(
+        lambda: (
+            tools.kubectl("get", "crd", "trainingjobs.kubetrain.io", check=False).returncode != 0
+        ),
+        what="the previous test's CRD to be gone",
+    )
+    tools.helm("install", "kubetrain", str(CHART), "-n", NS, "--create-namespace")
+
+    crd = tools.get("crd", "trainingjobs.kubetrain.io")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    deployment = tools.get("deployment", "kubetrain", "-n", NS)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert "--standalone" in container["args"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+    config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
+    settings = Settings.model_validate(yaml.safe_load(config))  # the operator can read it
+    assert "a100" in settings.catalogue.names
+
+    role = tools.get("clusterrole", "kubetrain")
+    source = yaml.safe_load((ROOT / "config" / "rbac" / "operator-clusterrole.yaml").read_text())
+    assert role["rules"] == source["rules"]
+    classes = {c["metadata"]["name"]: c["value"] for c in tools.get("priorityclass")["items"]}
+    assert classes["kubetrain-high"] > classes["kubetrain-normal"] > classes["kubetrain-low"]
+
+    tools.kubectl("create", "namespace", "ml")
+    tools.kubectl("apply", "-n", "ml", "-f", str(ROOT / "examples"))
+    assert len(tools.get("trainingjobs", "-n", "ml")["items"]) == len(
+        list((ROOT / "examples").glob("*.yaml"))
+    )
+
+    tools.helm(
+        "upgrade",
+        "kubetrain",
+        str(CHART),
+        "-n",
+        NS,
+        "--reuse-values",
+        "--set",
+        "replicas=2",
+        "--set-json",
+        'gpuCatalogue.gpuTypes.mi300={"pricePerHour": 3.5, "resourceName": "amd.com/gpu"}',
+    )
+    deployment = tools.get("deployment", "kubetrain", "-n", NS)
+    assert deployment["spec"]["replicas"] == 2
+    assert "--peering=kubetrain" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert tools.get("clusterkopfpeering", "kubetrain")["metadata"]["name"] == "kubetrain"
+    config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
+    assert Settings.model_validate(yaml.safe_load(config)).catalogue.get("mi300") is not None
+
+    refused = tools.helm(
+        "upgrade",
+        "kubetrain",
+        str(CHART),
+        "-n",
+        NS,
+        "--reuse-values",
+        "--set",
+        "replicas=0",
+        check=False,
+    )
+    assert refused.returncode != 0 and "/replicas" in refused.stderr
+    assert tools.get("deployment", "kubetrain", "-n", NS)["spec"]["replicas"] == 2
+
+    tools.helm("uninstall", "kubetrain", "-n", NS)
+    assert tools.kubectl("get", "deployment", "kubetrain", "-n", NS, check=False).returncode != 0
+    assert tools.get("crd", "trainingjobs.kubetrain.io")  # kept: the jobs survive
+    assert len(tools.get("trainingjobs", "-n", "ml")["items"]) == 4
