@@ -47,11 +47,29 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api_client)
 
 
+def _fresh_namespace(core: client.CoreV1Api, request: pytest.FixtureRequest, prefix: str) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{prefix}{base}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+QUIET_PREFIX = "nop-"
+"""Namespaces named nop-* are never served by the test operator (see operator_fixtures)."""
+
+
 @pytest.fixture
 def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted (without waiting) afterwards."""
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    name = _fresh_namespace(core, request, "")
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def quiet_namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace the operator under test ignores: for tests that write status
+    themselves and must not race a reconciler."""
+    name = _fresh_namespace(core, request, QUIET_PREFIX)
     yield name
     core.delete_namespace(name)

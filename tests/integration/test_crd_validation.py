@@ -97,7 +97,7 @@ def crd(kubectl: Kubectl) -> str:
 @pytest.fixture(scope="module")
 def scratch(core: client.CoreV1Api, crd: str) -> Iterator[str]:
     """One namespace for the rejection cases (parametrized ids make poor namespace names)."""
-    name = f"crd-validation-{uuid.uuid4().hex[:6]}"
+    name = f"nop-crd-validation-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
@@ -144,8 +144,9 @@ def dumps(obj: Manifest) -> str:
 
 
 def test_every_example_is_accepted_and_listed_with_the_columns(
-    kubectl: Kubectl, crd: str, namespace: str
+    kubectl: Kubectl, crd: str, quiet_namespace: str
 ) -> None:
+    namespace = quiet_namespace
     out = kubectl.ok("apply", "--validate=strict", "-n", namespace, "-f", str(ROOT / "examples"))
     names = sorted(
         TrainingJob.model_validate(yaml.safe_load(p.read_text())).metadata.name or ""
@@ -210,8 +211,9 @@ def _without_empty_lists(value: Any) -> Any:
 
 
 def test_the_server_applies_the_defaults_of_the_models(
-    api_client: client.ApiClient, crd: str, namespace: str
+    api_client: client.ApiClient, crd: str, quiet_namespace: str
 ) -> None:
+    namespace = quiet_namespace
     stored = _custom(api_client).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, manifest("defaults", LLM_SPEC)
     )
@@ -226,8 +228,9 @@ def test_the_server_applies_the_defaults_of_the_models(
 
 
 def test_a_status_written_by_the_operator_is_accepted_and_shown(
-    api_client: client.ApiClient, kubectl: Kubectl, crd: str, namespace: str
+    api_client: client.ApiClient, kubectl: Kubectl, crd: str, quiet_namespace: str
 ) -> None:
+    namespace = quiet_namespace
     api = _custom(api_client)
     api.create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, manifest("running", LLM_SPEC)
