@@ -19,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
     parser.add_argument("--config", type=Path, help="operator config file (YAML; GPU catalogue)")
     parser.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
-    parser.add_argument("--standalone", action="store_true", help="no peering with replicas")
-    parser.add_argument("--peering", default="kubetrain", help="peering object name (HA)")
+    parser.add_argument(
+        "--standalone", action="store_true", help="no leader election: the only replica"
+    )
+    parser.add_argument(
+        "--lease-namespace", help="namespace of the leader-election Lease (default: $POD_NAMESPACE)"
+    )
+    parser.add_argument("--lease-name", default="kubetrain-operator", help="leader-election Lease")
     parser.add_argument("--workers", type=int, default=8, help="reconcile threads")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="probe URL")
@@ -46,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         kubeconfig=args.kubeconfig,
         standalone=args.standalone,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
     )
     assert handlers  # registered on import
     asyncio.run(
         kopf.operator(
-            standalone=args.standalone,
-            peering_name=None if args.standalone else args.peering,
+            standalone=True,  # kopf's own peering is off: replicas elect a leader by Lease
             namespaces=args.namespace or [],
             clusterwide=not args.namespace,
             liveness_endpoint=args.liveness or None,

@@ -25,6 +25,8 @@ class Controller:
         self.cache = Cache()
         self.queue: WorkQueue[Key] = WorkQueue()
         self.reconciler = Reconciler(cluster, self.cache, settings)
+        self.active = threading.Event()  # set while this replica leads (always, standalone)
+        self._stopped = threading.Event()
         self._workers = [
             threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             for i in range(workers)
@@ -35,6 +37,7 @@ class Controller:
             worker.start()
 
     def stop(self) -> None:
+        self._stopped.set()
         self.queue.close()
         for worker in self._workers:
             worker.join(timeout=10)
@@ -64,8 +67,19 @@ class Controller:
             self.cache.put_pod(key, body)
         self.queue.add(key)
 
+    def resync(self) -> None:
+        """Queue every known job: on becoming the leader, take stock of everything."""
+        for body in self.cache.jobs():
+            meta = body["metadata"]
+            self.queue.add((meta["namespace"], meta["name"]))
+
     def _work(self) -> None:
-        while (key := self.queue.get()) is not None:
+        while not self._stopped.is_set():
+            if not self.active.wait(timeout=1.0):
+                continue  # a standby keeps its cache warm but does not act
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
             try:
                 again = self.reconciler.reconcile(key)
             except Exception:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import random
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from prometheus_client import start_http_server
 from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.controller import Controller
 from kubetrain.kube import Cluster
+from kubetrain.leader import LeaderElector
 from kubetrain.render import LABEL_JOB, MANAGED_BY
 from kubetrain.settings import Settings, load_settings
 
@@ -41,10 +43,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
         path = os.environ.get("KUBETRAIN_CONFIG_FILE")
         memo["settings"] = load_settings(Path(path) if path else None)
     operator_settings: Settings = memo["settings"]
-    if memo.get("standalone"):
-        settings.peering.standalone = True
-    else:
-        settings.peering.priority = random.randint(0, 2**31 - 1)  # the highest live peer acts
+    settings.peering.standalone = True  # replicas coordinate through a Lease instead
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -53,6 +52,20 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     cluster = Cluster(api)
     controller = Controller(cluster, operator_settings, workers=workers)
     memo["controller"] = controller
+    if memo.get("standalone"):
+        controller.active.set()
+    else:
+        elector = LeaderElector(
+            api,
+            memo.get("lease_namespace") or os.environ.get("POD_NAMESPACE") or "default",
+            memo.get("lease_name") or "kubetrain-operator",
+            f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
+            lease_seconds=operator_settings.lease_seconds,
+            on_elected=controller.resync,
+        )
+        controller.active = elector.leading
+        memo["elector"] = elector
+        elector.start()
     controller.start()
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port, operator_settings.metrics_address)
@@ -83,6 +96,9 @@ def stop(memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         controller.stop()
+    elector: LeaderElector | None = memo.get("elector")
+    if elector is not None:
+        elector.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -57,6 +57,11 @@ class Settings(BaseModel):
             "low": "kubetrain-low",
         }
     )
+    lease_seconds: int = Field(
+        default=15,
+        ge=3,
+        description="How long a silent leader keeps the Lease before a standby takes over.",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     metrics_address: str = "0.0.0.0"
 

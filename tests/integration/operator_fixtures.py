@@ -201,8 +201,8 @@ class OperatorProcess:
         self.kubeconfig, self.config, self.log = kubeconfig, config, log
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        argv = [
+    def argv(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "kubetrain",
@@ -222,6 +222,9 @@ class OperatorProcess:
             "--resync-seconds",
             "2",
         ]
+
+    def start(self) -> None:
+        argv = self.argv()
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 

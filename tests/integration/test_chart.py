@@ -107,13 +107,12 @@ def test_every_rendered_object_passes_server_side_validation(tools: Tools) -> No
         documents = [d for d in yaml.safe_load_all(rendered) if d]
         crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
         # CRDs first (for real, not dry-run), so that objects of their kinds can be checked.
-        peering = (CHART / "crds" / "kopf-peering.yaml").read_text()
         tools.kubectl(
             "apply",
             "--server-side",
             "-f",
             "-",
-            stdin=peering + "\n---\n" + yaml.safe_dump_all(crds),
+            stdin=yaml.safe_dump_all(crds),
         )
         eventually(
             lambda: (
@@ -130,7 +129,7 @@ def test_every_rendered_object_passes_server_side_validation(tools: Tools) -> No
         rest = yaml.safe_dump_all([d for d in documents if d["kind"] != "CustomResourceDefinition"])
         check = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rest, check=False)
         assert check.returncode == 0, check.stderr
-    tools.kubectl("delete", "crd", "trainingjobs.kubetrain.io", "clusterkopfpeerings.kopf.dev")
+    tools.kubectl("delete", "crd", "trainingjobs.kubetrain.io")
     tools.kubectl("delete", "namespace", "render-check", "--wait=false")
 
 
@@ -151,7 +150,7 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert "--standalone" in container["args"]
+    assert "--lease-name=kubetrain" in container["args"]  # leader election, even for one
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
     config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
@@ -184,8 +183,6 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     )
     deployment = tools.get("deployment", "kubetrain", "-n", NS)
     assert deployment["spec"]["replicas"] == 2
-    assert "--peering=kubetrain" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert tools.get("clusterkopfpeering", "kubetrain")["metadata"]["name"] == "kubetrain"
     config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
     assert Settings.model_validate(yaml.safe_load(config)).catalogue.get("mi300") is not None
 
