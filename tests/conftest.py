@@ -73,3 +73,35 @@ def quiet_namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> I
     name = _fresh_namespace(core, request, QUIET_PREFIX)
     yield name
     core.delete_namespace(name)
+
+
+# -- the local node agent (issue 3) -------------------------------------------------------
+
+from kubetrain.localcluster.nodeagent import NodeAgent  # noqa: E402 (this section is appended)
+
+
+@pytest.fixture(scope="session")
+def node_agent(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgent]:
+    """The local node agent with the default pool (an A100 node, an H100 node, a CPU node).
+
+    Pods bound to those nodes run as local processes; their containers are stopped when
+    the session ends.
+    """
+    agent = NodeAgent(cluster.kubeconfig, tmp_path_factory.mktemp("nodeagent"))
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop(stop_pods=True)
+
+
+@pytest.fixture(scope="session")
+def gpu_nodes(node_agent: NodeAgent) -> dict[str, str]:
+    """GPU product label -> the name of the agent's node with that GPU."""
+    return {
+        node.labels["nvidia.com/gpu.product"]: node.name
+        for node in node_agent.nodes
+        if "nvidia.com/gpu.product" in node.labels
+    }

@@ -1,4 +1,9 @@
-"""``python -m kubetrain.localcluster up|down|status``: the local cluster from a shell."""
+"""``python -m kubetrain.localcluster up|down|status``: the local cluster from a shell.
+
+``up`` starts the control plane, then the node agent (an A100 node, an H100 node and a
+CPU node whose Pods run as local processes); ``down`` stops the agent, the containers it
+runs, then the control plane, each by its recorded PID.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,53 @@ import sys
 from pathlib import Path
 
 from kubetrain.localcluster.controlplane import STATE_FILE, ClusterError, ControlPlane
-from kubetrain.localcluster.processes import pid_is
+from kubetrain.localcluster.nodeagent import STORAGE_CLASS, daemon, default_pool
+from kubetrain.localcluster.processes import pid_is, stop_extras
 
 
 def _up(workdir: Path, timeout: float) -> int:
     if _running(workdir):
         print(f"the local cluster in {workdir} is already running; `make cluster-down` stops it")
         return 0
-    ControlPlane.stop_recorded(workdir)  # leftovers of a half-stopped cluster
+    daemon.stop(workdir)  # leftovers of a half-stopped cluster, agent and containers first
+    ControlPlane.stop_recorded(workdir)
     cluster = ControlPlane(workdir, tie_to_parent=False)
     try:
         cluster.start(timeout=timeout)
-    except ClusterError as err:
+        daemon.start(workdir, cluster.kubeconfig, cluster.log_dir / "nodeagent.log", timeout)
+    except (ClusterError, daemon.AgentStartError) as err:
         print(f"error: {err}", file=sys.stderr)
+        daemon.stop(workdir)
+        cluster.stop()
         return 1
-    kubeconfig = cluster.kubeconfig
-    print(f"local cluster up: API server {cluster.server}")
-    print(f"  kubeconfig: {kubeconfig}")
-    print(f"  logs:       {cluster.log_dir}")
-    print(f"  try:        bin/kubectl --kubeconfig {kubeconfig} get --raw /readyz")
-    print("  stop it:    make cluster-down")
+    _explain(cluster, workdir)
     return 0
 
 
+def _explain(cluster: ControlPlane, workdir: Path) -> None:
+    kubeconfig = cluster.kubeconfig
+    state = daemon.state_dir(workdir)
+    nodes = []
+    for node in default_pool():
+        product = node.labels.get("nvidia.com/gpu.product")
+        gpus = node.capacity.get("nvidia.com/gpu")
+        nodes.append(f"{node.name} ({gpus}x {product})" if product else f"{node.name} (CPU)")
+    print(f"local cluster up: API server {cluster.server}")
+    print(f"  kubeconfig: {kubeconfig}")
+    print(f"  nodes:      {', '.join(nodes)}")
+    print("              Pods bound to them run as local processes: images are ignored,")
+    print("              `command` must exist here (`python` is this virtualenv's)")
+    print(f"  storage:    StorageClass {STORAGE_CLASS} (default), data in {state / 'volumes'}")
+    print(f"  pod logs:   {state / 'logs'}/<namespace>_<pod>_<uid>/<container>/<n>.log")
+    print(f"  logs:       {cluster.log_dir} (control plane and node agent)")
+    print(
+        f"  try:        bin/kubectl --kubeconfig {kubeconfig} get nodes -L nvidia.com/gpu.product"
+    )
+    print("  stop it:    make cluster-down")
+
+
 def _down(workdir: Path) -> int:
-    stopped = ControlPlane.stop_recorded(workdir)
+    stopped = stop_extras(workdir) + daemon.stop(workdir) + ControlPlane.stop_recorded(workdir)
     print(
         "stopped: " + ", ".join(stopped) if stopped else f"no local cluster recorded in {workdir}"
     )
@@ -40,11 +67,12 @@ def _down(workdir: Path) -> int:
 
 
 def _running(workdir: Path) -> list[str]:
+    names = ["nodeagent"] if daemon.running(workdir) else []
     try:
         state = json.loads((workdir / STATE_FILE).read_text())
     except FileNotFoundError:
-        return []
-    return [p["name"] for p in state["processes"] if pid_is(p["pid"], p["executable"])]
+        return names
+    return names + [p["name"] for p in state["processes"] if pid_is(p["pid"], p["executable"])]
 
 
 def _status(workdir: Path) -> int:

@@ -193,6 +193,10 @@ class ControlPlane:
         sa_key, sa_pub = pki.new_signing_key()
         (d / "sa.key").write_bytes(sa_key)
         (d / "sa.pub").write_bytes(sa_pub)
+        # The API server's identity towards node agents (for `kubectl logs`).
+        pki.issue(ca, "kube-apiserver-kubelet-client", client=True).write(
+            d, "apiserver-kubelet-client"
+        )
         clients = {
             "admin": ("kubetrain-admin", ("system:masters",)),
             "controller-manager": ("system:kube-controller-manager", ()),
@@ -233,6 +237,9 @@ class ControlPlane:
                 f"--tls-private-key-file={d / 'apiserver.key'}",
                 f"--client-ca-file={d / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={d / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={d / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-key-file={d / 'sa.pub'}",
                 f"--service-account-signing-key-file={d / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

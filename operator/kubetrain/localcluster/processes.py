@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -120,3 +121,33 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+EXTRAS = "extras"
+"""Folder of a cluster's workdir where processes started beside it are recorded."""
+
+
+def record_extra(workdir: Path, name: str, pid: int, executable: str) -> None:
+    """Record a process started for this local cluster (e.g. the demo's operator)."""
+    folder = workdir / EXTRAS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"pid": pid, "executable": executable}))
+
+
+def running_extra(workdir: Path, name: str) -> bool:
+    try:
+        recorded = json.loads((workdir / EXTRAS / f"{name}.json").read_text())
+    except FileNotFoundError:
+        return False
+    return pid_is(recorded["pid"], recorded["executable"])
+
+
+def stop_extras(workdir: Path) -> list[str]:
+    """Stop every recorded extra process by its PID; returns their names."""
+    stopped = []
+    for path in sorted((workdir / EXTRAS).glob("*.json")):
+        recorded = json.loads(path.read_text())
+        stop_pid(recorded["pid"], recorded["executable"])
+        path.unlink()
+        stopped.append(path.stem)
+    return stopped
