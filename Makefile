@@ -64,11 +64,8 @@ cluster-up: ## start the local cluster; writes .cluster/kubeconfig
 cluster-down: ## stop the local cluster (every process it started, by PID)
 	@$(PY) -m kubetrain.localcluster down --dir $(CLUSTER_DIR)
 
-demo: cluster-up ## the main job (for now: the local cluster, shown)
-	$(KUBECTL) version
-	$(KUBECTL) get --raw /readyz; echo
-	$(KUBECTL) get namespaces
-	$(KUBECTL) get serviceaccounts -A
+demo: cluster-up ## the main job: a tiny LoRA TrainingJob on the local cluster, stopped and resumed on the way
+	@$(PY) -m kubetrain.demo --dir $(CLUSTER_DIR)
 
 clean: cluster-down ## remove build output (the binary cache in ~/.cache/kubetrain stays)
 	rm -rf bin $(VENV) $(CLUSTER_DIR)

@@ -59,9 +59,7 @@ class Cluster:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
         self._count("delete")
         try:
-            response: Any = self.core.delete_namespaced_pod(
-                name, namespace, _preload_content=False
-            )
+            response: Any = self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
             response.release_conn()
         except ApiException as err:
             if err.status != 404:

@@ -169,9 +169,8 @@ def mirror_report(
 ) -> TrainingJobStatus:
     """Status with the report's progress, metrics, checkpoints and model mirrored in."""
     old_progress = status.progress or Progress()
-    percentage = None
-    if report.total_steps:
-        percentage = round(100.0 * report.step / report.total_steps, 1)
+    total = report.total_steps or old_progress.total_steps  # early reports may lack totals
+    percentage = round(100.0 * min(report.step, total) / total, 1) if total else None
     progress = old_progress.model_copy(
         update={
             "current_epoch": report.epoch,

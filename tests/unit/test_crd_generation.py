@@ -13,7 +13,10 @@ from kubetrain.api.crd import CRD_FILENAME, build_crd, main, render_crd, write_c
 from kubetrain.api.structural import schema_problems, structural_schema, walk
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = [ROOT / "crds" / CRD_FILENAME, ROOT / "charts" / "kubetrain" / "files" / "crds" / CRD_FILENAME]
+COMMITTED = [
+    ROOT / "crds" / CRD_FILENAME,
+    ROOT / "charts" / "kubetrain" / "files" / "crds" / CRD_FILENAME,
+]
 
 
 @pytest.fixture(scope="module")
