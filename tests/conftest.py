@@ -18,6 +18,9 @@ from kubetrain.localcluster import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The operator, its CRD, PriorityClasses and fake GPU nodes, for integration and e2e tests.
+pytest_plugins = ["tests.integration.operator_fixtures"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -28,6 +28,7 @@ from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL_LABEL = "kubetrain.io/test-pool"
+FAKE_TAINT = "kubetrain.io/fake-node"
 FAKE_NODES = {
     "fake-a100-0": "NVIDIA-A100-SXM4-80GB",
     "fake-h100-0": "NVIDIA-H100-80GB-HBM3",
@@ -89,9 +90,15 @@ class FakeNodes:
                 "nvidia.com/gpu.count": "8",
                 "kubernetes.io/hostname": name,
             }
+            # Tainted: Pods the test operator does not place here (e2e, node agent tests)
+            # must not land on a node no kubelet runs.
+            taint = client.V1Taint(key=FAKE_TAINT, value="true", effect="NoSchedule")
             with contextlib.suppress(ApiException):
                 self.core.create_node(
-                    client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels))
+                    client.V1Node(
+                        metadata=client.V1ObjectMeta(name=name, labels=labels),
+                        spec=client.V1NodeSpec(taints=[taint]),
+                    )
                 )
             self.core.patch_node_status(name, {"status": _node_status(product)})
         self._thread.start()
@@ -112,6 +119,7 @@ class FakeNodes:
 def operator_config(tmp: Path) -> Path:
     """GPU catalogue entries that place test Pods only on the fake nodes."""
     pool = {POOL_LABEL: "fake"}
+    fake = {"key": FAKE_TAINT, "operator": "Exists", "effect": "NoSchedule"}
     config = {
         "terminationGracePeriodSeconds": 30,
         "catalogue": {
@@ -122,7 +130,8 @@ def operator_config(tmp: Path) -> Path:
                     "products": ["NVIDIA-A100-SXM4-80GB"],
                     "nodeSelector": pool,
                     "tolerations": [
-                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                        fake,
                     ],
                     "workerCpu": "4",
                     "workerMemory": "16Gi",
@@ -131,6 +140,7 @@ def operator_config(tmp: Path) -> Path:
                 "h100": {
                     "products": ["NVIDIA-H100-80GB-HBM3"],
                     "nodeSelector": pool,
+                    "tolerations": [fake],
                     "workerCpu": "4",
                     "workerMemory": "16Gi",
                     "pricePerHour": 4.5,
@@ -138,6 +148,7 @@ def operator_config(tmp: Path) -> Path:
                 "cpu": {
                     "resourceName": None,
                     "nodeSelector": pool,
+                    "tolerations": [fake],
                     "workerCpu": "1",
                     "pricePerHour": 0.1,
                 },
@@ -212,7 +223,8 @@ class OperatorProcess:
             str(self.config),
             "--standalone",
             "--namespace",
-            "!nop-*",  # tests in nop-* namespaces write status themselves
+            # nop-*: tests that write status themselves; e2e-*: served by the e2e operator
+            "!nop-*,!e2e-*",
             "--metrics-port",
             "0",
             "--liveness",

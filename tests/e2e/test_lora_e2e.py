@@ -1,0 +1,120 @@
+"""The tiny LoRA job, for real: operator, node agent and the LoRA trainer on the local cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kubetrain.api.base import GROUP, PLURAL, VERSION
+from tests.integration.operator_fixtures import OperatorProcess, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 240.0
+
+
+def tiny_lora(name: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load(
+        (ROOT / "examples" / "tiny-lora-cpu.yaml").read_text()
+    )
+    manifest["metadata"] = {"name": name}
+    return manifest
+
+
+class Job:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, name: str, operator: OperatorProcess
+    ) -> None:
+        self.custom, self.core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+        self.ns, self.name, self.operator = namespace, name, operator
+        self.seen: list[dict[str, Any]] = []
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, manifest)
+
+    def status(self) -> dict[str, Any]:
+        job: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, self.name
+        )
+        status: dict[str, Any] = job.get("status") or {}
+        self.seen.append(status)
+        return status
+
+    def until(self, check: Any, what: str) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.status()
+            if status.get("phase") == "Failed":
+                raise AssertionError(f"{self.name} failed: {status.get('conditions')}")
+            return status if check(status) else None
+
+        result: dict[str, Any] = wait_for(probe, f"{self.name}: {what}", TIMEOUT, self.operator)
+        return result
+
+    def patch(self, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, self.name, {"spec": spec}
+        )
+
+
+def _step(status: dict[str, Any]) -> int:
+    return int((status.get("progress") or {}).get("currentStep") or 0)
+
+
+@pytest.fixture
+def job(
+    api_client: client.ApiClient,
+    e2e_namespace: str,
+    e2e_operator: OperatorProcess,
+    request: pytest.FixtureRequest,
+) -> Job:
+    return Job(api_client, e2e_namespace, "tiny", e2e_operator)
+
+
+def test_a_tiny_lora_job_trains_to_completion(job: Job) -> None:
+    job.create(tiny_lora("tiny"))
+    running = job.until(lambda s: _step(s) > 0, "progress mirrored from the trainer")
+    assert running["phase"] == "Running"
+    assert running["metrics"]["currentLoss"] > 0
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+    progress = done["progress"]
+    assert progress["currentStep"] == progress["totalSteps"] and progress["percentage"] == 100.0
+    assert done["checkpoints"] and done["latestCheckpoint"] == done["checkpoints"][-1]["id"]
+    assert done["model"]["claimName"] == "tiny-checkpoints" and done["model"]["path"]
+    assert done["metrics"]["bestLoss"] <= done["metrics"]["currentLoss"]
+    assert done["resourceUsage"]["costUSD"] >= 0 and done["attempt"] == 1
+    losses = [
+        s["metrics"]["currentLoss"] for s in job.seen if (s.get("metrics") or {}).get("currentLoss")
+    ]
+    assert losses[-1] < losses[0], "the loss goes down"
+
+
+def test_suspend_and_resume_continue_from_the_checkpoint(job: Job) -> None:
+    job.create(tiny_lora("tiny"))
+    job.until(lambda s: _step(s) >= 10 and s.get("latestCheckpoint"), "a checkpoint after step 10")
+    job.patch({"suspend": True})
+    stopped = job.until(lambda s: s.get("phase") == "Stopped", "Stopped")
+    at = _step(stopped)
+    latest = next(c for c in stopped["checkpoints"] if c["id"] == stopped["latestCheckpoint"])
+    assert latest["step"] == at, "the trainer checkpointed where it stopped"
+    assert job.core.list_namespaced_pod(job.ns).items == []
+    assert job.core.read_namespaced_persistent_volume_claim("tiny-checkpoints", job.ns)
+
+    job.patch({"suspend": False})
+    job.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", "resumed")
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the resume")
+    resumed = [_step(s) for s in job.seen if s.get("attempt") == 2]
+    assert min(resumed) >= at, "the resumed run continues from the checkpoint, not from zero"
+    assert _step(done) == done["progress"]["totalSteps"]
+
+
+def test_a_killed_trainer_pod_is_replaced_and_resumes(job: Job) -> None:
+    job.create(tiny_lora("tiny"))
+    job.until(lambda s: _step(s) >= 8 and s.get("latestCheckpoint"), "a checkpoint")
+    job.core.delete_namespaced_pod("tiny-worker-0", job.ns, grace_period_seconds=1)
+    job.until(lambda s: s.get("attempt") == 2 and s.get("restarts") == 1, "a restart, counted")
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the restart")
+    assert done.get("failures", 0) == 0
+    assert _step(done) == done["progress"]["totalSteps"]
