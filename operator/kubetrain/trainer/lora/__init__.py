@@ -1,0 +1,1 @@
+"""The LoRA (LLM fine-tuning) trainer: ``python -m kubetrain.trainer.lora``."""

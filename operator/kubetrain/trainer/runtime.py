@@ -1,0 +1,114 @@
+"""Exit codes and the termination message: how a trainer tells the operator how it ended.
+
+The operator reads the container's exit code (0 completed, ``EXIT_STOPPED`` checkpointed
+and resumable, 1 failed) and its termination message (one line: the reason or a summary).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetrain.report import EXIT_STOPPED
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+TERMINATION_LOG = "/dev/termination-log"
+MAX_MESSAGE_BYTES = 4096  # the kubelet keeps at most this much of the termination message
+
+log = logging.getLogger("kubetrain.trainer")
+
+__all__ = [
+    "EXIT_COMPLETED",
+    "EXIT_FAILED",
+    "EXIT_STOPPED",
+    "Outcome",
+    "TrainerError",
+    "configure_logging",
+    "run_entry",
+    "termination_log_path",
+    "write_termination_message",
+]
+
+
+class TrainerError(Exception):
+    """A failure the user can fix (bad config, missing or too little data): exit 1, no traceback."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: the exit code and the one-line termination message."""
+
+    code: int
+    message: str
+
+    @classmethod
+    def completed(cls, message: str) -> Outcome:
+        return cls(EXIT_COMPLETED, message)
+
+    @classmethod
+    def stopped(cls, message: str) -> Outcome:
+        return cls(EXIT_STOPPED, message)
+
+    @classmethod
+    def failed(cls, message: str) -> Outcome:
+        return cls(EXIT_FAILED, message)
+
+
+def termination_log_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the termination message goes: ``KUBETRAIN_TERMINATION_LOG`` or the kubelet's file."""
+    return Path(environ.get("KUBETRAIN_TERMINATION_LOG") or TERMINATION_LOG)
+
+
+def one_line(message: str) -> str:
+    """Collapse a message to a single line that fits the kubelet's termination-message limit."""
+    text = " ".join(message.split())
+    data = text.encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        text = data[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "..."
+    return text
+
+
+def write_termination_message(message: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Write the one-line message where the kubelet reads it; never raises."""
+    path = termination_log_path(environ)
+    try:
+        path.write_text(one_line(message) + "\n")
+    except OSError as err:
+        log.warning("cannot write the termination message to %s: %s", path, err)
+
+
+def configure_logging(rank: int = 0) -> None:
+    """Plain line logging to stderr, tagged with the process's rank (idempotent)."""
+    root = logging.getLogger()
+    if any(getattr(h, "_kubetrain", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    )
+    handler._kubetrain = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def run_entry(main: Callable[[], Outcome], environ: Mapping[str, str] = os.environ) -> int:
+    """Run a trainer's main, turn any way it ends into an exit code and a termination message."""
+    try:
+        outcome = main()
+    except TrainerError as err:
+        outcome = Outcome.failed(str(err))
+        log.error("%s", outcome.message)
+    except BaseException as err:
+        if isinstance(err, SystemExit) and err.code in (None, 0):
+            raise
+        traceback.print_exc()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        outcome = Outcome.failed(f"{type(err).__name__}: {first}" if first else type(err).__name__)
+    write_termination_message(outcome.message, environ)
+    return outcome.code

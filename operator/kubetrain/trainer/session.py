@@ -1,0 +1,199 @@
+"""One training run's contact with the outside: resume point, reports, checkpoints, stop, end.
+
+Framework-neutral glue between a training loop and the runtime: the LoRA trainer drives it
+from a transformers callback, a hand-written loop can call it directly. Only rank 0
+reports, commits checkpoints and writes the metrics log; every rank sees the stop flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from kubetrain.api import TrainingJobSpec
+from kubetrain.report import MAX_CHECKPOINTS, ProgressReport, ReportedModel, TrainerState
+from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
+from kubetrain.trainer.config import RuntimeEnv
+from kubetrain.trainer.reporter import NullSink, Reporter, Sink, sink_from_env
+from kubetrain.trainer.signals import StopFlag
+
+log = logging.getLogger(__name__)
+
+METRICS_LOG = "train-log.jsonl"
+FINAL_REPORT_TIMEOUT = 15.0
+
+
+class TrainingSession:
+    """The runtime side of one run of one process."""
+
+    def __init__(
+        self,
+        env: RuntimeEnv,
+        spec: TrainingJobSpec,
+        *,
+        sink: Sink | None = None,
+        stop: StopFlag | None = None,
+    ) -> None:
+        self.env = env
+        self.spec = spec
+        self.is_main = env.distributed.is_main
+        self.store = CheckpointStore(env.checkpoint_dir, spec.checkpoint.keep_last)
+        self.stop = stop or StopFlag()
+        if sink is None:
+            sink = (
+                sink_from_env(
+                    pod=env.pod_name,
+                    namespace=env.pod_namespace,
+                    annotation=env.annotation,
+                    report_file=env.report_file,
+                )
+                if self.is_main
+                else NullSink()
+            )
+        self.reporter = Reporter(sink, env.report_interval)
+        self.checkpoints: list[CheckpointInfo] = []
+        self.started = time.monotonic()
+        self.total_epochs = spec.training.epochs
+        self.total_steps = 0
+        self.step = 0
+        self.epoch = 0.0
+        self.loss: float | None = None
+        self.eval_loss: float | None = None
+        self.learning_rate: float | None = None
+        self.throughput: float | None = None
+        self.gpu_memory_bytes: int | None = None
+        self.metrics: dict[str, float] = {}
+        self._log: IO[str] | None = None
+
+    # -- start ------------------------------------------------------------------------------
+
+    def begin(self) -> CheckpointInfo | None:
+        """Install the stop signals, tidy the volume, and pick the checkpoint to resume from."""
+        self.stop.install()
+        self.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.store.clear_staging()
+            self._log = (self.env.checkpoint_dir / METRICS_LOG).open("a", buffering=1)
+        self.checkpoints = self.store.complete()
+        resume = self.store.resolve(self.env.resume_from)
+        if resume is not None:
+            self.step, self.epoch, self.loss = resume.step, float(resume.epoch), resume.loss
+            log.info("resuming from checkpoint %s (step %d)", resume.id, resume.step)
+        self.publish("starting", message=f"resuming from {resume.id}" if resume else "starting")
+        return resume
+
+    # -- during training --------------------------------------------------------------------
+
+    def update(
+        self, *, state: TrainerState = "running", urgent: bool = False, **fields: Any
+    ) -> None:
+        """Record new progress (any of the session's public fields) and report it."""
+        for name, value in fields.items():
+            if not hasattr(self, name):
+                raise AttributeError(name)
+            setattr(self, name, value)
+        self.publish(state, urgent=urgent)
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """Append one line of metrics (per step or evaluation) to the run's log on the volume."""
+        if self._log is not None:
+            self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def commit_checkpoint(
+        self, staged: Path, *, step: int, epoch: float, loss: float | None
+    ) -> CheckpointInfo:
+        """Seal a staged checkpoint (rank 0), drop the oldest beyond keep-last, and report it."""
+        info = self.store.commit(
+            staged,
+            step=step,
+            epoch=current_epoch(epoch),
+            loss=loss,
+            resume_request=self.env.resume_from,
+        )
+        removed: set[str] = set(self.store.prune())
+        self.checkpoints = [c for c in self.checkpoints if c.id not in removed and c.id != info.id]
+        self.checkpoints.append(info)
+        log.info(
+            "checkpoint %s written (%d bytes)%s",
+            info.id,
+            info.size_bytes,
+            f"; removed {', '.join(sorted(removed))}" if removed else "",
+        )
+        self.publish("running", urgent=True)
+        return info
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+    # -- end --------------------------------------------------------------------------------
+
+    def finish(self, state: TrainerState, message: str, model: ReportedModel | None = None) -> None:
+        """Send the final report (retried for a while) and release the run's resources."""
+        if self.is_main:
+            try:
+                report: ProgressReport | None = self.build_report(
+                    state, message=message, model=model
+                )
+            except ValueError as err:
+                log.warning("the final progress report cannot be built: %s", err)
+                report = None
+            if not self.reporter.close(report, FINAL_REPORT_TIMEOUT):
+                log.warning("the final progress report was not delivered")
+        else:
+            self.reporter.close(None, 0.1)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.stop.restore()
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def publish(self, state: TrainerState, *, message: str = "", urgent: bool = False) -> None:
+        """Queue a report of the current progress (rank 0); one that fails to build is dropped."""
+        if not self.is_main:
+            return
+        try:
+            report = self.build_report(state, message=message)
+        except ValueError as err:  # pydantic's ValidationError: an out-of-range figure
+            log.warning("dropping a progress report: %s", err)
+            return
+        self.reporter.submit(report, urgent=urgent)
+
+    def build_report(
+        self, state: TrainerState, *, message: str = "", model: ReportedModel | None = None
+    ) -> ProgressReport:
+        metrics = {k: v for k, v in self.metrics.items() if math.isfinite(v)}
+        metrics["elapsedSeconds"] = round(time.monotonic() - self.started, 3)
+        total = self.total_steps
+        return ProgressReport(
+            time=datetime.now(UTC),
+            state=state,
+            epoch=min(current_epoch(self.epoch), self.total_epochs),
+            total_epochs=self.total_epochs,
+            step=min(self.step, total) if total else self.step,
+            total_steps=total,
+            loss=_finite(self.loss),
+            eval_loss=_finite(self.eval_loss),
+            learning_rate=_finite(self.learning_rate),
+            throughput=_finite(self.throughput),
+            throughput_unit="tokens/s",
+            gpu_memory_bytes=self.gpu_memory_bytes,
+            metrics=dict(list(metrics.items())[:32]),
+            checkpoints=[c.to_report() for c in self.checkpoints[-MAX_CHECKPOINTS:]],
+            model=model,
+            message=message[:1024],
+        )
+
+
+def current_epoch(epoch: float) -> int:
+    """The 1-based epoch a fractional position is in (1.0 is the end of epoch 1, 1.5 in epoch 2)."""
+    return max(math.ceil(epoch - 1e-9), 0)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
