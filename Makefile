@@ -9,12 +9,17 @@ EXTRAS ?= lora,vision,dev
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup venv binaries test lint unit integration crds bench images cluster-up cluster-down demo clean
+.PHONY: help setup system venv binaries test lint unit integration crds bench images cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: venv binaries ## everything a fresh machine needs: .venv with all extras, the pinned Kubernetes binaries in bin/
+setup: system venv binaries ## everything a fresh machine needs: tmux, .venv with all extras, the pinned Kubernetes binaries in bin/
+
+system: ## Debian packages the tests use (tmux renders `kubectl train watch` in a real terminal)
+	@command -v tmux >/dev/null || { echo "[setup] installing tmux"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq tmux >/dev/null; }
 
 venv: $(VENV)/.installed
 

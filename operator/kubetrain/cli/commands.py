@@ -1,0 +1,234 @@
+"""The plugin's commands: each reads its arguments, calls the SDK and prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import yaml
+
+from kubetrain.api import API_VERSION, LIST_KIND, TrainingJob
+from kubetrain.catalogue import Catalogue
+from kubetrain.cli import live, views
+from kubetrain.cli.term import Style
+from kubetrain.sdk import Client, KubetrainError
+from kubetrain.sdk import cost as costs
+
+RESOURCE = "trainingjob.kubetrain.io"
+
+
+@dataclass
+class Context:
+    """What a command needs: its arguments, a way to get a client, and where to write."""
+
+    args: argparse.Namespace
+    connect: Callable[[], Client]
+    out: TextIO
+    err: TextIO
+
+    @property
+    def style(self) -> Style:
+        return Style.for_stream(self.out)
+
+    def print(self, *lines: str) -> None:
+        for line in lines:
+            self.out.write(line + "\n")
+
+    def warn(self, message: str) -> None:
+        self.err.write(f"warning: {message}\n")
+
+    @property
+    def where(self) -> str:
+        if getattr(self.args, "all_namespaces", False):
+            return "all namespaces"
+        return f"namespace {self.connect().namespace}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def manifest(job: TrainingJob) -> dict[str, Any]:
+    """The job for ``-o json|yaml``, without managedFields (as kubectl shows it)."""
+    data = job.to_manifest(with_status=True)
+    data.get("metadata", {}).pop("managedFields", None)
+    return data
+
+
+def emit(ctx: Context, data: Any) -> None:
+    """Data as ``-o json`` or ``-o yaml`` asked."""
+    if ctx.args.output == "json":
+        ctx.out.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        ctx.out.write(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+
+
+def _statuses(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def cmd_list(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.connect()
+    page = client.list(
+        status=_statuses(args.status),
+        model_type=args.model_type,
+        priority=args.priority,
+        labels=args.selector,
+        limit=args.limit,
+        continue_token=args.continue_token,
+        sort=args.sort,
+        order=args.order,
+        all_namespaces=args.all_namespaces,
+    )
+    if args.output in ("json", "yaml"):
+        metadata = {"continue": page.continue_token} if page.continue_token else {}
+        items = [manifest(job) for job in page.items]
+        emit(
+            ctx,
+            {"apiVersion": API_VERSION, "kind": LIST_KIND, "metadata": metadata, "items": items},
+        )
+        return 0
+    if args.output == "name":
+        ctx.print(*(f"{RESOURCE}/{job.metadata.name}" for job in page.items))
+    elif not page.items:
+        ctx.err.write(f"No TrainingJobs found in {ctx.where}.\n")
+    else:
+        ctx.print(
+            *views.list_table(
+                page.items,
+                now(),
+                ctx.style,
+                wide=args.output == "wide",
+                namespaces=args.all_namespaces,
+            )
+        )
+    if page.continue_token:
+        ctx.err.write(f"more jobs: --continue {page.continue_token}\n")
+    return 0
+
+
+def cmd_describe(ctx: Context) -> int:
+    client = ctx.connect()
+    job = client.get(ctx.args.name)
+    if ctx.args.output:
+        emit(ctx, manifest(job))
+        return 0
+    ctx.print(*views.describe(job, client.events(ctx.args.name), now(), ctx.style))
+    return 0
+
+
+def cmd_checkpoints(ctx: Context) -> int:
+    client = ctx.connect()
+    job = client.get(ctx.args.name)
+    if ctx.args.output:
+        emit(
+            ctx,
+            [
+                c.model_dump(mode="json", by_alias=True, exclude_none=True)
+                for c in job.status.checkpoints
+            ],
+        )
+        return 0
+    if not job.status.checkpoints:
+        ctx.err.write(f"trainingjob {ctx.args.name!r} has no checkpoints yet.\n")
+        return 0
+    ctx.print(*views.checkpoints_table(job, now()))
+    return 0
+
+
+def cmd_watch(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.connect()
+    snapshots = client.watch(args.name, all_namespaces=args.all_namespaces, timeout=args.timeout)
+    try:
+        code = live.run(
+            snapshots,
+            ctx.out,
+            ctx.style,
+            name=args.name,
+            where=ctx.where,
+            namespaces=args.all_namespaces,
+        )
+    except KeyboardInterrupt:
+        return 130
+    if code is None:
+        ctx.err.write(f"error: the jobs were still active after {args.timeout:g}s\n")
+        return 1
+    return code
+
+
+def cmd_stop(ctx: Context) -> int:
+    args = ctx.args
+    job = ctx.connect().stop(args.name, args.reason, wait=args.wait, timeout=args.timeout)
+    state = job.status.phase.value.lower() if args.wait and job.status.phase else "stopping"
+    ctx.print(f"{RESOURCE}/{args.name} {state}")
+    return 0
+
+
+def cmd_resume(ctx: Context) -> int:
+    args = ctx.args
+    ctx.connect().resume(args.name, args.checkpoint)
+    source = f"checkpoint {args.checkpoint}" if args.checkpoint else "the latest checkpoint"
+    ctx.print(f"{RESOURCE}/{args.name} resumed from {source}")
+    return 0
+
+
+def cmd_cancel(ctx: Context) -> int:
+    args = ctx.args
+    done = ctx.connect().cancel(args.name, keep_checkpoints=args.keep_checkpoints)
+    kept = (
+        f"; checkpoints kept in PersistentVolumeClaim {done.kept_claim}" if done.kept_claim else ""
+    )
+    ctx.print(f"{RESOURCE}/{args.name} deleted{kept}")
+    return 0
+
+
+def cmd_logs(ctx: Context) -> int:
+    args = ctx.args
+    lines = ctx.connect().logs(args.name, args.worker, follow=args.follow, tail_lines=args.tail)
+    try:
+        for line in lines:
+            ctx.out.write(line + "\n")
+            if args.follow:
+                ctx.out.flush()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_estimate(ctx: Context) -> int:
+    args = ctx.args
+    try:
+        client = ctx.connect()
+        client.config_namespace, client.config_map = args.config_namespace, args.config_map
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", costs.CatalogueFallbackWarning)
+            found = client.estimate(args.gpu_type, args.workers, args.gpus_per_worker, args.hours)
+    except KubetrainError as err:
+        if getattr(err, "causes", None):
+            raise  # a bad argument, not an unreachable cluster
+        warning = f"{err.message}; using built-in prices"
+        found = costs.estimate(
+            Catalogue(),
+            args.gpu_type,
+            args.workers,
+            args.gpus_per_worker,
+            args.hours,
+            source=costs.SOURCE_DEFAULTS,
+            warning=warning,
+        )
+    if found.warning:
+        ctx.warn(found.warning)
+    if args.output:
+        emit(ctx, found.as_dict())
+    else:
+        ctx.print(*views.estimate_text(found))
+    return 0
