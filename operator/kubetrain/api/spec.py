@@ -359,13 +359,17 @@ class VisionConfig(SpecModel):
         ),
     ] = Field(
         description=(
-            "Model architecture the trainer builds, e.g. yolov8n, resnet18, "
-            "fasterrcnn_mobilenet_v3_large_fpn. Immutable."
+            "Model architecture the trainer builds, e.g. resnet18, fcos_resnet50_fpn, "
+            "fasterrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, deeplabv3. An unknown "
+            "name fails the job with the list of supported ones. Immutable."
         )
     )
     pretrained: bool = Field(
         default=True,
-        description="Start from the architecture's pretrained weights (false: random init).",
+        description=(
+            "Start from pretrained weights, read from the file named by the "
+            "KUBETRAIN_PRETRAINED_WEIGHTS env var (nothing is downloaded); false: random init."
+        ),
     )
     input_size: InputSize | None = Field(
         default=None,
