@@ -1,4 +1,4 @@
-"""The tiny LoRA job, for real: operator, node agent and the LoRA trainer on the local cluster."""
+"""Real training on the local cluster: the operator, the node agent and the LoRA and vision trainers."""
 
 from __future__ import annotations
 
@@ -118,3 +118,29 @@ def test_a_killed_trainer_pod_is_replaced_and_resumes(job: Job) -> None:
     done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the restart")
     assert done.get("failures", 0) == 0
     assert _step(done) == done["progress"]["totalSteps"]
+
+
+def test_a_tiny_vision_job_completes_with_an_onnx_model_on_its_volume(
+    api_client: client.ApiClient, e2e_namespace: str, e2e_operator: OperatorProcess
+) -> None:
+    vision = Job(api_client, e2e_namespace, "tiny-vision", e2e_operator)
+    manifest: dict[str, Any] = yaml.safe_load(
+        (ROOT / "examples" / "tiny-vision-cpu.yaml").read_text()
+    )
+    vision.create(manifest)
+    done = vision.until(lambda s: s.get("phase") == "Completed", "Completed")
+    assert done["progress"]["percentage"] == 100.0
+    assert "accuracy" in done["metrics"]["evaluation"]
+    assert done["metrics"]["throughputUnit"] == "images/s"
+    model = done["model"]
+    assert model["claimName"] == "tiny-vision-checkpoints" and "onnx" in model["format"]
+
+    # The PVC is a local directory behind its PV: the ONNX file is really there.
+    claim = vision.core.read_namespaced_persistent_volume_claim(model["claimName"], vision.ns)
+    volume = vision.core.read_persistent_volume(claim.spec.volume_name)
+    root = Path(volume.spec.host_path.path if volume.spec.host_path else volume.spec.local.path)
+    inside = Path(model["path"]).relative_to("/checkpoints")
+    exported = (
+        list((root / inside).rglob("*.onnx")) if (root / inside).is_dir() else [root / inside]
+    )
+    assert exported and all(p.stat().st_size > 0 for p in exported)
