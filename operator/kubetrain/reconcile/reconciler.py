@@ -125,14 +125,14 @@ class Reconciler:
         # that comes with actions is written at once, throttle or not.
         acts = bool(decided.create or decided.delete or decided.events)
         wait = self._write_status(key, body, job.status, decided, force=acts)
-        if wait is None:
-            for event in decided.events:
-                self.cluster.post_event(body, event.type, event.reason, event.message)
-        self._report_problems(body, decided)
         for name in dict.fromkeys(decided.delete):
             self.cluster.delete_pod(key[0], name)
         if decided.create:
             self._create(body, job, decided)
+        if wait is None:  # Events last: they record what was done and can wait
+            for event in decided.events:
+                self.cluster.post_event(body, event.type, event.reason, event.message)
+        self._report_problems(body, decided)
         if decided.delete_job:
             self.cluster.delete_job(*key)
             return None
