@@ -9,7 +9,7 @@ EXTRAS ?= lora,vision,dev
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup system venv binaries test lint unit integration crds bench images cluster-up cluster-down demo clean
+.PHONY: help setup system venv binaries test lint unit integration crds bench images kind-e2e cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ images: ## build the container images (needs Docker; not available on the build 
 	docker build -f images/operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
 	docker build -f images/trainer-lora/Dockerfile -t $(IMAGE_REGISTRY)/trainer-lora:$(IMAGE_TAG) .
 	docker build -f images/trainer-vision/Dockerfile -t $(IMAGE_REGISTRY)/trainer-vision:$(IMAGE_TAG) .
+
+kind-e2e: ## on a host with Docker: kind cluster, images loaded, Helm install, the tiny job with a stop and resume
+	@bash hack/kind-e2e.sh
 
 cluster-up: ## start the local cluster; writes .cluster/kubeconfig
 	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR)
