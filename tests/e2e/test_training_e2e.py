@@ -1,4 +1,4 @@
-"""Real training on the local cluster: the operator, the node agent and the LoRA and vision trainers."""
+"""Real training on the local cluster: operator, node agent, LoRA and vision trainers."""
 
 from __future__ import annotations
 
