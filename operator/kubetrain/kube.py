@@ -18,6 +18,16 @@ JSON = dict[str, Any]
 COMPONENT = "kubetrain-operator"
 
 
+def _discard(response: Any) -> None:
+    """Read an unwanted response body raw (no model deserialisation) and free the connection.
+
+    The body must be read before the connection goes back to the pool, or the next
+    request on it would read this body as its status line.
+    """
+    response.read()
+    response.release_conn()
+
+
 class StaleError(Exception):
     """The object changed since it was read; read again and retry."""
 
@@ -48,7 +58,7 @@ class Cluster:
         self._count("create")
         try:
             # The response is not needed: skip deserialising it into client models.
-            create(ns, manifest, _preload_content=False).release_conn()
+            _discard(create(ns, manifest, _preload_content=False))
         except ApiException as err:
             if err.status == 409:
                 return False
@@ -59,8 +69,7 @@ class Cluster:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
         self._count("delete")
         try:
-            response: Any = self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
-            response.release_conn()
+            _discard(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -124,6 +133,6 @@ class Cluster:
             response: Any = self.core.create_namespaced_event(
                 meta["namespace"], cast(Any, event), _preload_content=False
             )
-            response.release_conn()
+            _discard(response)
         except ApiException as err:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], err.reason)

@@ -155,22 +155,7 @@ def start_trainer(workspace: Workspace) -> Iterator[Any]:
         dataset: Path | None = None,
     ) -> TrainerRun:
         directory.mkdir(parents=True, exist_ok=True)
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("KUBETRAIN_", "POD_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))
-        }
-        run_env = base | {
-            "KUBETRAIN_CONFIG": json.dumps(job),
-            "KUBETRAIN_CHECKPOINT_DIR": str(directory),
-            "KUBETRAIN_DATASET_PATH": str(dataset or workspace.dataset),
-            "KUBETRAIN_REPORT_FILE": str(directory.parent / f"{directory.name}.report.json"),
-            "KUBETRAIN_TERMINATION_LOG": str(directory.parent / f"{directory.name}.termination"),
-            "KUBETRAIN_REPORT_INTERVAL_SECONDS": "0.05",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT / "operator"),
-            **(env or {}),
-        }
+        run_env = trainer_env(directory, job, dataset or workspace.dataset, env)
         command = [sys.executable, "-m", MODULE]
         if torchrun:
             command = [
@@ -189,3 +174,25 @@ def start_trainer(workspace: Workspace) -> Iterator[Any]:
         if run.process.poll() is None:
             run.process.kill()
             run.process.wait()
+
+
+def trainer_env(
+    directory: Path, spec: dict[str, Any], dataset: Path | None, extra: dict[str, str] | None
+) -> dict[str, str]:
+    """The environment the operator gives a trainer, pointed at local files for a test run."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KUBETRAIN_", "POD_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))
+    }
+    return base | {
+        "KUBETRAIN_CONFIG": json.dumps(spec),
+        "KUBETRAIN_CHECKPOINT_DIR": str(directory),
+        "KUBETRAIN_REPORT_FILE": str(directory.parent / f"{directory.name}.report.json"),
+        "KUBETRAIN_TERMINATION_LOG": str(directory.parent / f"{directory.name}.termination"),
+        "KUBETRAIN_REPORT_INTERVAL_SECONDS": "0.05",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT / "operator"),
+        **({"KUBETRAIN_DATASET_PATH": str(dataset)} if dataset else {}),
+        **(extra or {}),
+    }

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from kubetrain.trainer.vision.export import compare_detections
 from kubetrain.trainer.vision.loading import Loader
 from kubetrain.trainer.vision.sources import Sample
 from kubetrain.trainer.vision.tasks import MEAN, STD
-from tests.trainer.conftest import TrainerRun, free_port
+from tests.trainer.conftest import TrainerRun, free_port, trainer_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -117,22 +116,7 @@ def start_vision() -> Iterator[Any]:
         dataset: Path | None = None,
     ) -> TrainerRun:
         directory.mkdir(parents=True, exist_ok=True)
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("KUBETRAIN_", "POD_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))
-        }
-        run_env = base | {
-            "KUBETRAIN_CONFIG": json.dumps(spec),
-            "KUBETRAIN_CHECKPOINT_DIR": str(directory),
-            "KUBETRAIN_REPORT_FILE": str(directory.parent / f"{directory.name}.report.json"),
-            "KUBETRAIN_TERMINATION_LOG": str(directory.parent / f"{directory.name}.termination"),
-            "KUBETRAIN_REPORT_INTERVAL_SECONDS": "0.05",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT / "operator"),
-            **({"KUBETRAIN_DATASET_PATH": str(dataset)} if dataset else {}),
-            **(env or {}),
-        }
+        run_env = trainer_env(directory, spec, dataset, env)
         log = directory.parent / f"{directory.name}.log"
         with log.open("ab") as sink:
             process = subprocess.Popen(
