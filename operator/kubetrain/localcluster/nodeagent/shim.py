@@ -20,7 +20,7 @@ import signal
 import stat
 import sys
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
@@ -91,14 +91,39 @@ def isolate(mounts: list[dict[str, Any]], hostname: str | None) -> None:
         _libc_call("sethostname", name, len(name))
     opened = [(mount, os.open(mount["source"], os.O_PATH)) for mount in mounts]
     opened.sort(key=lambda pair: len(PurePosixPath(pair[0]["target"]).parts))
+    kept = [(path, os.open(path, os.O_PATH)) for path in _host_paths() if os.path.isdir(path)]
     for mount, fd in opened:
-        target = mount["target"].encode()
-        _mountpoint(mount["target"], stat.S_ISDIR(os.fstat(fd).st_mode))
-        _libc_call("mount", f"/proc/self/fd/{fd}".encode(), target, None, MS_BIND | MS_REC, None)
-        if mount.get("readOnly"):
-            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-            _libc_call("mount", b"none", target, None, flags, None)
-        os.close(fd)
+        _bind(fd, mount["target"], read_only=bool(mount.get("readOnly")))
+    for path, fd in kept:
+        try:
+            shadowed = not os.path.samestat(os.stat(path), os.fstat(fd))
+        except FileNotFoundError:
+            shadowed = True
+        if shadowed:
+            _bind(fd, path, read_only=True)
+        else:
+            os.close(fd)
+
+
+def _host_paths() -> list[str]:
+    """What the process needs from this host: the interpreter, its virtualenv, this package.
+
+    A volume mounted over one of their parents (the trainers' emptyDir at /tmp over a
+    checkout in /tmp, say) would hide them, so they are bound back, read-only.
+    """
+    package_root = str(Path(__file__).resolve().parents[3])
+    return sorted({sys.prefix, sys.base_prefix, package_root}, key=len)
+
+
+def _bind(fd: int, target: str, *, read_only: bool) -> None:
+    _mountpoint(target, stat.S_ISDIR(os.fstat(fd).st_mode))
+    _libc_call(
+        "mount", f"/proc/self/fd/{fd}".encode(), target.encode(), None, MS_BIND | MS_REC, None
+    )
+    if read_only:
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        _libc_call("mount", b"none", target.encode(), None, flags, None)
+    os.close(fd)
 
 
 def _child(spec: dict[str, Any], log_fd: int) -> None:
