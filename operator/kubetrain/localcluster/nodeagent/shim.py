@@ -112,7 +112,10 @@ def _host_paths() -> list[str]:
     checkout in /tmp, say) would hide them, so they are bound back, read-only.
     """
     package_root = str(Path(__file__).resolve().parents[3])
-    return sorted({sys.prefix, sys.base_prefix, package_root}, key=len)
+    environment = str(
+        Path(sys.executable).parent.parent
+    )  # the virtualenv (sys.prefix lies under -S)
+    return sorted({environment, sys.prefix, sys.base_prefix, package_root}, key=len)
 
 
 def _bind(fd: int, target: str, *, read_only: bool) -> None:
