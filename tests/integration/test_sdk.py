@@ -168,7 +168,7 @@ def test_stop_waits_for_stopped_and_resume_continues_from_a_chosen_checkpoint(
 
     terminating = background.submit(helpers.finish_stopping, core, namespace, "pausable")
     stopped = sdk.stop("pausable", reason="node maintenance", wait=True, timeout=60)
-    terminating.result(timeout=5)
+    terminating.result(timeout=60)
     assert stopped.status.phase is Phase.STOPPED and stopped.spec.suspend
     assert stopped.metadata.annotations[STOP_REASON_ANNOTATION] == "node maintenance"
     assert [c.id for c in sdk.checkpoints("pausable")] == ["step-10", "step-20"]
