@@ -135,4 +135,6 @@ class Cluster:
             )
             _discard(response)
         except ApiException as err:
-            log.warning("could not post event %s on %s: %s", reason, meta["name"], err.reason)
+            log.warning(
+                "could not post event %s on %s: %s %s", reason, meta["name"], err.status, err.body
+            )

@@ -57,7 +57,11 @@ def apply_crds(cluster: ControlPlane) -> None:
 
 
 def _node_status(product: str) -> dict[str, Any]:
-    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    # No kubelet ends graceful deletions here, so Pods of finished tests stay Terminating
+    # and keep their requests: the capacity is large enough for a whole session. The H100
+    # node keeps 8 GPUs, so a 16-GPU worker stays unschedulable.
+    gpus = "8" if "H100" in product else "1000"
+    capacity = {"cpu": "4000", "memory": "64Ti", "pods": "5000", "nvidia.com/gpu": gpus}
     now = datetime.now(UTC).isoformat()
     return {
         "capacity": capacity,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -507,7 +508,8 @@ def test_deleting_a_job_removes_its_children(jobs: Jobs) -> None:
     jobs.live_pods("shortlived", 2)
     jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.ns, PLURAL, "shortlived")
     for pod in jobs.pods("shortlived"):  # no kubelet: finish the graceful deletions
-        jobs.core.delete_namespaced_pod(pod.metadata.name, jobs.ns, grace_period_seconds=0)
+        with contextlib.suppress(ApiException):  # already gone is fine
+            jobs.core.delete_namespaced_pod(pod.metadata.name, jobs.ns, grace_period_seconds=0)
 
     def gone() -> bool:
         names = [p.metadata.name for p in jobs.pods("shortlived")]

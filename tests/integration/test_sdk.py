@@ -6,6 +6,7 @@ blocks (``wait``), exactly as a trainer would report while a script waits.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api import ModelType, Phase, Priority
 from kubetrain.localcluster import ControlPlane
@@ -259,7 +261,8 @@ def test_cancel_can_keep_the_checkpoint_claim(
     assert sdk.cancel("kept", keep_checkpoints=True).kept_claim == "kept-checkpoints"
     assert sdk.cancel("dropped").kept_claim is None
     for pod in core.list_namespaced_pod(namespace).items:  # no kubelet: end the deletions
-        core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+        with contextlib.suppress(ApiException):  # already gone is fine
+            core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
 
     def collected() -> bool:
         accounts = [a.metadata.name for a in core.list_namespaced_service_account(namespace).items]

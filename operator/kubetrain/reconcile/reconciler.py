@@ -107,7 +107,7 @@ class Reconciler:
             return 0.5
         except ApiException as err:
             metrics.ERRORS.labels("api").inc()
-            log.warning("reconcile %s/%s: API error %s %s", *key, err.status, err.reason)
+            log.warning("reconcile %s/%s: API error %s: %s", *key, err.status, _message(err))
             return 5.0
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
