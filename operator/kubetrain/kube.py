@@ -91,6 +91,19 @@ class Cluster:
             raise
         return result
 
+    def get_job(self, namespace: str, name: str) -> JSON | None:
+        """The job as stored now, or None once it is gone."""
+        self._count("get")
+        try:
+            return cast(
+                JSON,
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
     def delete_job(self, namespace: str, name: str) -> None:
         self._count("delete")
         try:

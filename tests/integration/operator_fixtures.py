@@ -263,6 +263,16 @@ class OperatorProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran with the operator shows the operator's log tail."""
+    report = yield
+    operator = getattr(item, "funcargs", {}).get("operator")
+    if report.failed and isinstance(operator, OperatorProcess):
+        report.sections.append(("operator log (tail)", operator.tail(120)))
+    return report
+
+
 @pytest.fixture(scope="session")
 def crds(cluster: ControlPlane) -> None:
     apply_crds(cluster)

@@ -136,6 +136,13 @@ class Jobs:
         events: list[client.CoreV1Event] = self.core.list_namespaced_event(self.ns).items
         return [e for e in events if e.reason == reason]
 
+    def event(self, reason: str) -> list[client.CoreV1Event]:
+        """The Events of ``reason`` once there is one (posted just after the status write)."""
+        found: list[client.CoreV1Event] = wait_for(
+            lambda: self.events(reason), f"an Event {reason}", 30, self.operator
+        )
+        return found
+
 
 @pytest.fixture
 def jobs(api_client: client.ApiClient, namespace: str, operator: OperatorProcess) -> Jobs:
@@ -274,7 +281,7 @@ def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
     assert status["completionTime"]
     completed = condition(status, "Completed")
     assert completed["status"] == "True"
-    assert jobs.events("TrainingSucceeded")
+    jobs.event("TrainingSucceeded")
 
 
 def test_an_unschedulable_job_is_queued_with_the_schedulers_reason(jobs: Jobs) -> None:
@@ -293,7 +300,7 @@ def test_an_unknown_gpu_type_fails_at_once_listing_the_known_ones(jobs: Jobs) ->
     assert "spec.resources.gpuType: 'tpu-v5'" in failed["message"]
     assert "a100, cpu, h100" in failed["message"]
     assert jobs.pods("tpu") == []
-    assert jobs.events("UnknownGPUType")
+    jobs.event("UnknownGPUType")
 
     jobs.patch("tpu", {"resources": {"gpuType": "h100"}})  # fixing the spec cures it
     bound_claim(jobs.core, jobs.ns, "tpu-checkpoints", create_claim=False)
@@ -338,7 +345,7 @@ def test_suspend_stops_and_resume_continues_from_a_checkpoint(jobs: Jobs) -> Non
     jobs.patch("pausable", {"suspend": False})
     pod = jobs.live_pods("pausable", 1, attempt=2)[0]
     assert _env(pod)["RESUME_FROM"] == "latest"
-    assert jobs.events("Resumed")
+    jobs.event("Resumed")
 
     _stop(jobs, "pausable")
     jobs.patch("pausable", {"suspend": False, "resumeFrom": "step-10"})
@@ -366,7 +373,7 @@ def test_a_pod_deleted_by_someone_else_is_replaced_and_counted_as_a_restart(jobs
     assert _env(replacement)["RESUME_FROM"] == "latest"
     status = jobs.until("fragile", lambda s: s.get("restarts") == 1, "a restart counted")
     assert status.get("failures", 0) == 0  # not held against backoffLimit 0
-    assert jobs.events("WorkerLost")
+    jobs.event("WorkerLost")
 
 
 def test_trainer_failures_are_retried_then_fail_past_the_backoff_limit(jobs: Jobs) -> None:
@@ -375,7 +382,7 @@ def test_trainer_failures_are_retried_then_fail_past_the_backoff_limit(jobs: Job
     kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
     kubelet.finish(jobs.core, jobs.ns, pod.metadata.name, 1, "CUDA error: out of memory")
     jobs.until("flaky", lambda s: s.get("failures") == 1, "first failure counted")
-    assert jobs.events("TrainerFailed")
+    jobs.event("TrainerFailed")
 
     # The failed Pod is deleted (at once: it has terminated) and attempt 2 replaces it.
     pod = jobs.live_pods("flaky", 1, attempt=2)[0]

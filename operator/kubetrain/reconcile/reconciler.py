@@ -104,6 +104,7 @@ class Reconciler:
                     return None
                 return self._reconcile(body)
         except StaleError:
+            self._refresh(key)
             return 0.5
         except ApiException as err:
             metrics.ERRORS.labels("api").inc()
@@ -111,6 +112,20 @@ class Reconciler:
             return 5.0
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    def _refresh(self, key: Key) -> None:
+        """After a conflict, read the job again rather than wait for the watch to catch up.
+
+        A watch that lags (or silently stalls) would otherwise keep every status write of
+        this job conflicting; the cache keeps whichever body is newer.
+        """
+        try:
+            body = self.cluster.get_job(*key)
+        except ApiException as err:
+            log.warning("re-read %s/%s: API error %s: %s", *key, err.status, _message(err))
+            return
+        if body is not None:
+            self.cache.put_job(body)
 
     def _reconcile(self, body: JSON) -> float | None:
         key: Key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -125,13 +140,14 @@ class Reconciler:
         # that comes with actions is written at once, throttle or not.
         acts = bool(decided.create or decided.delete or decided.events)
         wait = self._write_status(key, body, job.status, decided, force=acts)
+        # Events tell of the transition the status now records, so they go out with it,
+        # before the child changes: a failed Pod creation retries, but loses no Event.
+        for event in decided.events:
+            self.cluster.post_event(body, event.type, event.reason, event.message)
         for name in dict.fromkeys(decided.delete):
             self.cluster.delete_pod(key[0], name)
         if decided.create:
             self._create(body, job, decided)
-        if wait is None:  # Events last: they record what was done and can wait
-            for event in decided.events:
-                self.cluster.post_event(body, event.type, event.reason, event.message)
         self._report_problems(body, decided)
         if decided.delete_job:
             self.cluster.delete_job(*key)
