@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kubetrain import metrics
 from kubetrain.api.base import GROUP, PLURAL, VERSION
@@ -26,6 +27,11 @@ def _discard(response: Any) -> None:
     """
     response.read()
     response.release_conn()
+
+
+TIMEOUT = (5.0, 30.0)
+"""Seconds to connect and to wait for a response: a hung call must not hold a job's
+reconcile (and its worker) forever."""
 
 
 class StaleError(Exception):
@@ -58,7 +64,7 @@ class Cluster:
         self._count("create")
         try:
             # The response is not needed: skip deserialising it into client models.
-            _discard(create(ns, manifest, _preload_content=False))
+            _discard(create(ns, manifest, _preload_content=False, _request_timeout=TIMEOUT))
         except ApiException as err:
             if err.status == 409:
                 return False
@@ -69,7 +75,11 @@ class Cluster:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
         self._count("delete")
         try:
-            _discard(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
+            _discard(
+                self.core.delete_namespaced_pod(
+                    name, namespace, _preload_content=False, _request_timeout=TIMEOUT
+                )
+            )
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -82,7 +92,13 @@ class Cluster:
             result = cast(
                 JSON,
                 self.custom.replace_namespaced_custom_object_status(
-                    GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], job
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    PLURAL,
+                    meta["name"],
+                    job,
+                    _request_timeout=TIMEOUT,
                 ),
             )
         except ApiException as err:
@@ -97,7 +113,9 @@ class Cluster:
         try:
             return cast(
                 JSON,
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+                ),
             )
         except ApiException as err:
             if err.status == 404:
@@ -108,7 +126,13 @@ class Cluster:
         self._count("delete")
         try:
             self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+                _request_timeout=TIMEOUT,
             )
         except ApiException as err:
             if err.status != 404:
@@ -144,10 +168,15 @@ class Cluster:
         self._count("create")
         try:
             response: Any = self.core.create_namespaced_event(
-                meta["namespace"], cast(Any, event), _preload_content=False
+                meta["namespace"],
+                cast(Any, event),
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
             )
             _discard(response)
         except ApiException as err:
             log.warning(
                 "could not post event %s on %s: %s %s", reason, meta["name"], err.status, err.body
             )
+        except (HTTPError, OSError) as err:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], err)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class LeaderElector:
         self.api = client.CoordinationV1Api(api_client)
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds = lease_seconds
+        # A renewal that hangs must give up before the Lease could expire under it.
+        self._timeout = (5.0, max(lease_seconds / 3, 1.0))
         self.on_elected = on_elected
         self.leading = threading.Event()
         self._stop = threading.Event()
@@ -61,6 +64,9 @@ class LeaderElector:
             except ApiException as err:
                 log.warning("leader election: %s %s", err.status, err.reason)
                 held = False
+            except (HTTPError, OSError) as err:
+                log.warning("leader election: no answer from the API server: %s", err)
+                held = False
             if held and not self.leading.is_set():
                 log.info("became the leader (%s/%s)", self.namespace, self.name)
                 self.leading.set()
@@ -79,7 +85,9 @@ class LeaderElector:
             "renewTime": now.isoformat(timespec="microseconds"),
         }
         try:
-            lease: Any = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease: Any = self.api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self._timeout
+            )
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -88,7 +96,9 @@ class LeaderElector:
                 "spec": {**spec, "acquireTime": spec["renewTime"]},
             }
             try:
-                self.api.create_namespaced_lease(self.namespace, new)
+                self.api.create_namespaced_lease(
+                    self.namespace, new, _request_timeout=self._timeout
+                )
             except ApiException as conflict:
                 if conflict.status == 409:
                     return False
@@ -105,7 +115,9 @@ class LeaderElector:
         version = lease.metadata.resource_version  # the update fails if anyone got there first
         body: Any = {"metadata": {"name": self.name, "resourceVersion": version}, "spec": spec}
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, body)
+            self.api.replace_namespaced_lease(
+                self.name, self.namespace, body, _request_timeout=self._timeout
+            )
         except ApiException as err:
             if err.status == 409:  # another replica renewed or took it first
                 return False
@@ -115,9 +127,15 @@ class LeaderElector:
     def _release(self) -> None:
         """Give the Lease up on a clean shutdown so a standby need not wait for expiry."""
         try:
-            lease: Any = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease: Any = self.api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self._timeout
+            )
             if lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
-                self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+                self.api.replace_namespaced_lease(
+                    self.name, self.namespace, lease, _request_timeout=self._timeout
+                )
         except ApiException as err:
             log.warning("could not release the lease: %s", err.reason)
+        except (HTTPError, OSError) as err:
+            log.warning("could not release the lease: %s", err)

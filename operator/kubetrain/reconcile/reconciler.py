@@ -13,6 +13,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
 
 from kubetrain import metrics
 from kubetrain.api.job import TrainingJob
@@ -109,6 +110,10 @@ class Reconciler:
         except ApiException as err:
             metrics.ERRORS.labels("api").inc()
             log.warning("reconcile %s/%s: API error %s: %s", *key, err.status, _message(err))
+            return 5.0
+        except (HTTPError, OSError) as err:  # e.g. a timed-out call, a dropped connection
+            metrics.ERRORS.labels("api").inc()
+            log.warning("reconcile %s/%s: no answer from the API server: %s", *key, err)
             return 5.0
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
