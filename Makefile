@@ -5,32 +5,36 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= lora,vision,dev
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup system venv binaries test lint unit integration crds bench images kind-e2e cluster-up cluster-down demo clean
+.PHONY: help setup setup-cold lock system venv binaries test lint unit integration crds bench images kind-e2e cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: system venv binaries ## everything a fresh machine needs: tmux, .venv with all extras, the pinned Kubernetes binaries in bin/
+setup: ## everything a fresh machine needs, each step timed: tmux, .venv from the lock, the locked binaries in bin/
+	@bash hack/setup.sh
+
+setup-cold: ## prove `make setup` on a fresh clone of HEAD with empty caches (and GOFLAGS=-mod=readonly); prints its time
+	@bash hack/setup-cold.sh
+
+lock: ## regenerate the locks from hack/versions.env and pyproject.toml: hack/tools/*/go.{mod,sum}, hack/requirements.lock
+	@bash hack/lock-tools.sh
+	@bash hack/lock-python.sh
 
 system: ## Debian packages the tests use (tmux renders `kubectl train watch` in a real terminal)
 	@command -v tmux >/dev/null || { echo "[setup] installing tmux"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq tmux >/dev/null; }
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ## .venv with exactly hack/requirements.lock (all extras), the package editable
 
-$(VENV)/.installed: pyproject.toml
-	@echo "[setup] python environment in $(VENV) (extras: $(EXTRAS))"
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar off -e '.[$(EXTRAS)]'
+$(VENV)/.installed: pyproject.toml hack/requirements.lock hack/install-python.sh
+	@PYTHON=$(PYTHON) bash hack/install-python.sh
 	@touch $@
 
-binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm into bin/ (cached)
+binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm into bin/ from hack/tools/ (cached by lock)
 	@bash hack/build-binaries.sh
 
 test: lint ## every test tier (the README's test command)

@@ -112,17 +112,11 @@ def install(kubeconfig: Path) -> None:
         check=True,
         capture_output=True,
     )
-    api = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    scheduling = client.SchedulingV1Api(api)
-    for name, value in (
-        ("kubetrain-high", 100000),
-        ("kubetrain-normal", 10000),
-        ("kubetrain-low", 1000),
-    ):
-        with contextlib.suppress(ApiException):
-            scheduling.create_priority_class(
-                client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value)
-            )
+    subprocess.run(
+        [*kubectl, "apply", "-f", str(repo_root() / "config" / "priorityclasses.yaml")],
+        check=True,
+        capture_output=True,
+    )
 
 
 class Demo:

@@ -9,6 +9,7 @@ from typing import Any
 from kubernetes import client
 
 from kubetrain.report import ANNOTATION, EXIT_STOPPED
+from tests.polling import eventually
 
 
 def _now() -> str:
@@ -16,7 +17,16 @@ def _now() -> str:
 
 
 def start(core: client.CoreV1Api, namespace: str, name: str) -> None:
-    """The container is running (as a kubelet reports it)."""
+    """The container is running (as a kubelet reports it).
+
+    A kubelet runs only Pods the scheduler bound to its node, so this waits for the binding
+    first: the deletion of a bound Pod is graceful (it keeps a deletionTimestamp until the
+    kubelet confirms), while an unbound one would vanish at once.
+    """
+    eventually(
+        lambda: core.read_namespaced_pod(name, namespace).spec.node_name,
+        what=f"Pod {name} bound to a node",
+    )
     core.patch_namespaced_pod_status(
         name,
         namespace,

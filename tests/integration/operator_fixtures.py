@@ -279,13 +279,13 @@ def crds(cluster: ControlPlane) -> None:
 
 
 @pytest.fixture(scope="session")
-def priority_classes(api_client: client.ApiClient) -> None:
-    scheduling = client.SchedulingV1Api(api_client)
-    for name, value in (("kubetrain-high", 1000), ("kubetrain-normal", 100), ("kubetrain-low", 10)):
-        with contextlib.suppress(ApiException):
-            scheduling.create_priority_class(
-                client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value)
-            )
+def priority_classes(cluster: ControlPlane) -> None:
+    """The plain manifests a user applies without Helm (config/priorityclasses.yaml)."""
+    subprocess.run(
+        [find_binary("kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f",
+         ROOT / "config" / "priorityclasses.yaml"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -44,12 +44,11 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         check=True,
         capture_output=True,
     )
-    for name, value in (("kubetrain-high", 1000), ("kubetrain-normal", 100), ("kubetrain-low", 10)):
-        subprocess.run(
-            [*kubectl, "create", "priorityclass", name, f"--value={value}"],
-            check=True,
-            capture_output=True,
-        )
+    subprocess.run(
+        [*kubectl, "apply", "-f", str(ROOT / "config" / "priorityclasses.yaml")],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield plane
     finally:

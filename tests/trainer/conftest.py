@@ -141,39 +141,49 @@ def _logged(directory: Path, key: str) -> dict[int, float]:
     return values
 
 
+def launch(
+    workspace: Workspace,
+    directory: Path,
+    job: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    torchrun: int = 0,
+    dataset: Path | None = None,
+) -> TrainerRun:
+    """Start ``python -m kubetrain.trainer.lora`` (or under torchrun) like a Pod would."""
+    directory.mkdir(parents=True, exist_ok=True)
+    run_env = trainer_env(directory, job, dataset or workspace.dataset, env)
+    command = [sys.executable, "-m", MODULE]
+    if torchrun:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={torchrun}", "-m", MODULE,
+        ]  # fmt: skip
+    log = directory.parent / f"{directory.name}.log"
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, env=run_env, stdout=sink, stderr=subprocess.STDOUT)
+    return TrainerRun(directory, process, log)
+
+
+def stop_all(runs: list[TrainerRun]) -> None:
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
 @pytest.fixture
 def start_trainer(workspace: Workspace) -> Iterator[Any]:
-    """Start ``python -m kubetrain.trainer.lora`` (or under torchrun) like a Pod would."""
+    """``launch`` bound to the workspace; whatever still runs at the end is killed."""
     started: list[TrainerRun] = []
 
-    def start(
-        directory: Path,
-        job: dict[str, Any],
-        *,
-        env: dict[str, str] | None = None,
-        torchrun: int = 0,
-        dataset: Path | None = None,
-    ) -> TrainerRun:
-        directory.mkdir(parents=True, exist_ok=True)
-        run_env = trainer_env(directory, job, dataset or workspace.dataset, env)
-        command = [sys.executable, "-m", MODULE]
-        if torchrun:
-            command = [
-                sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={torchrun}", "-m", MODULE,
-            ]  # fmt: skip
-        log = directory.parent / f"{directory.name}.log"
-        with log.open("ab") as sink:
-            process = subprocess.Popen(command, env=run_env, stdout=sink, stderr=subprocess.STDOUT)
-        run = TrainerRun(directory, process, log)
+    def start(directory: Path, job: dict[str, Any], **options: Any) -> TrainerRun:
+        run = launch(workspace, directory, job, **options)
         started.append(run)
         return run
 
     yield start
-    for run in started:
-        if run.process.poll() is None:
-            run.process.kill()
-            run.process.wait()
+    stop_all(started)
 
 
 def trainer_env(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from kubetrain.report import EXIT_STOPPED, decode
 from kubetrain.trainer.checkpoints import MANIFEST
-from tests.trainer.conftest import TrainerRun, Workspace, free_port, spec
+from tests.trainer.conftest import TrainerRun, Workspace, free_port, launch, spec, stop_all
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,17 +32,24 @@ def assert_same_losses(expected: dict[int, float], actual: dict[int, float]) -> 
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return {"root": tmp_path_factory.mktemp("single")}
+def uninterrupted(
+    workspace: Workspace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TrainerRun]:
+    """One whole single-rank run, the reference the interrupted runs are held to."""
+    run = launch(
+        workspace, tmp_path_factory.mktemp("single") / "uninterrupted", spec(workspace.model)
+    )
+    try:
+        assert run.wait() == 0, run.output()
+        yield run
+    finally:
+        stop_all([run])
 
 
 def test_training_lowers_the_loss_and_publishes_a_reloadable_adapter(
-    workspace: Workspace, start_trainer: Any, single: dict[str, Any]
+    workspace: Workspace, uninterrupted: TrainerRun
 ) -> None:
-    run: TrainerRun = start_trainer(single["root"] / "uninterrupted", spec(workspace.model))
-    assert run.wait() == 0, run.output()
-    single["uninterrupted"] = run
-
+    run = uninterrupted
     losses = [loss for _, loss in sorted(run.step_losses().items())]
     assert len(losses) == 18
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
@@ -65,11 +73,9 @@ def test_training_lowers_the_loss_and_publishes_a_reloadable_adapter(
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resume_repeats_the_run_exactly(
-    workspace: Workspace, start_trainer: Any, single: dict[str, Any]
+    workspace: Workspace, start_trainer: Any, uninterrupted: TrainerRun, tmp_path: Path
 ) -> None:
-    if "uninterrupted" not in single:
-        pytest.fail("needs the uninterrupted run of the previous test")
-    directory = single["root"] / "interrupted"
+    directory = tmp_path / "interrupted"
     run = start_trainer(directory, spec(workspace.model), env={"KUBETRAIN_PAUSE_AT_STEP": "6"})
     run.wait_for_step(6)
     run.stop()
@@ -91,9 +97,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_repeats_the_run_exactly(
     resumed = start_trainer(directory, spec(workspace.model), env={"RESUME_FROM": "latest"})
     assert resumed.wait() == 0, resumed.output()
     assert "resuming from checkpoint ckpt-00000006 (step 6)" in resumed.output()
-    expected: TrainerRun = single["uninterrupted"]
-    assert_same_losses(expected.step_losses(), resumed.step_losses())
-    assert_same_losses(expected.eval_losses(), resumed.eval_losses())
+    assert_same_losses(uninterrupted.step_losses(), resumed.step_losses())
+    assert_same_losses(uninterrupted.eval_losses(), resumed.eval_losses())
 
 
 def test_two_ranks_stop_together_and_resume_exactly(
