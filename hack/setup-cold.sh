@@ -9,6 +9,8 @@
 #                                 CI's checkout. The binaries it built are then added to the
 #                                 binary cache, so later setups with the same lock only copy them.
 #
+# KUBETRAIN_COLD_KEEP=DIR keeps the fresh clone in DIR (to run `make test` in it afterwards).
+#
 # A successful --here run records the lock's digest (hack/lock-digest.sh) in the binary cache
 # (cold-proven/): .ci/run proves the cold path again whenever a submission's locked inputs have
 # a digest CI has not proven on this machine.
@@ -31,7 +33,8 @@ if [ "$here" = 1 ]; then
     exit 1
   fi
 else
-  checkout="$tmp/kubetrain"
+  checkout="${KUBETRAIN_COLD_KEEP:-$tmp/kubetrain}"
+  [ ! -e "$checkout" ] || { log "ERROR: $checkout exists"; exit 1; }
   [ -z "$(git -C "$root" status --porcelain --untracked-files=no)" ] ||
     log "note: uncommitted changes are not part of the proof: it builds HEAD ($(git -C "$root" rev-parse --short HEAD))"
   git clone --quiet --no-hardlinks "$root" "$checkout"

@@ -292,6 +292,40 @@ def test_an_unschedulable_job_is_queued_with_the_schedulers_reason(jobs: Jobs) -
     assert queued["reason"] == "Unschedulable"
 
 
+def test_pods_the_api_server_refuses_are_a_condition_and_retried_once_admitted(
+    jobs: Jobs,
+) -> None:
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="no-pods"),
+        spec=client.V1ResourceQuotaSpec(hard={"pods": "0"}),
+    )
+    jobs.core.create_namespaced_resource_quota(jobs.ns, quota)
+    jobs.create(llm_job("refused"))
+    status = jobs.until(
+        "refused",
+        lambda s: any(c["type"] == "PodCreationFailed" and c["status"] == "True"
+                      for c in s.get("conditions", [])),
+        "a PodCreationFailed condition",
+    )  # fmt: skip
+    refused = condition(status, "PodCreationFailed")
+    assert refused["reason"] == "FailedCreatePod"
+    assert refused["message"].startswith("could not create Pod refused-worker-0: ")
+    assert "no-pods" in refused["message"]  # the API server's reason names the quota
+    assert status["phase"] == "Pending"
+    assert "no-pods" in jobs.event("FailedCreatePod")[0].message
+    assert jobs.pods("refused") == []
+
+    jobs.core.delete_namespaced_resource_quota("no-pods", jobs.ns)
+    jobs.live_pods("refused", 1)  # the operator kept retrying (backoff from 5 s)
+    status = jobs.until(
+        "refused",
+        lambda s: condition(s, "PodCreationFailed")["status"] == "False",
+        "PodCreationFailed cleared",
+    )
+    assert condition(status, "PodCreationFailed")["reason"] == "PodsCreated"
+    assert len(jobs.events("FailedCreatePod")) == 1  # one Event per refusal, not per retry
+
+
 def test_an_unknown_gpu_type_fails_at_once_listing_the_known_ones(jobs: Jobs) -> None:
     jobs.create(llm_job("tpu", resources={"gpuType": "tpu-v5"}), storage=False)
     status = jobs.phase("tpu", "Failed")

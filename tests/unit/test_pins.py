@@ -7,6 +7,7 @@ Run by ``make test`` and by ``make setup-cold`` against the cold result.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import re
 import subprocess
@@ -175,3 +176,19 @@ def test_the_virtualenv_holds_exactly_the_locked_versions() -> None:
         if (installed := importlib.metadata.version(name)) != version
     }
     assert not drift, f"installed versions differ from the lock (run make venv): {drift}"
+
+
+def test_the_images_constraints_are_the_lock_less_the_base_images_torch_stack() -> None:
+    spec = importlib.util.spec_from_file_location("constraints", ROOT / "hack" / "constraints.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (ROOT / "hack" / "requirements.lock").read_text()
+    everything = dict(line.split("==") for line in module.constraints(text))
+    assert {canonicalize_name(n): v for n, v in everything.items()} == {
+        n: v for n, (v, _) in python_lock().items()
+    }
+    slim = dict(line.split("==") for line in module.constraints(text, keep_base_torch=True))
+    assert "torch" not in slim and "torchvision" not in slim
+    assert not [n for n in slim if n.startswith("nvidia-")]
+    assert slim["transformers"] == everything["transformers"]

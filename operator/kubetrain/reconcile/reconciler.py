@@ -81,6 +81,7 @@ class Reconciler:
         self._last_write: dict[Key, float] = {}
         self._bad_reports: dict[str, str] = {}
         self._set_up: dict[Key, str] = {}  # uid of each job whose children exist
+        self._create_failures: dict[Key, int] = {}  # refused Pod creations in a row
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -94,6 +95,7 @@ class Reconciler:
             self._locks.pop(key, None)
         self._last_write.pop(key, None)
         self._set_up.pop(key, None)
+        self._create_failures.pop(key, None)
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one job closer to its spec; returns seconds until it wants another look."""
@@ -152,7 +154,9 @@ class Reconciler:
         for name in dict.fromkeys(decided.delete):
             self.cluster.delete_pod(key[0], name)
         if decided.create:
-            self._create(body, job, decided)
+            refused = self._create(body, job, decided)
+            if refused is not None:
+                return refused
         self._report_problems(body, decided)
         if decided.delete_job:
             self.cluster.delete_job(*key)
@@ -233,12 +237,14 @@ class Reconciler:
                 f"ignored the progress report of Pod {pod.name}: {problem}",
             )
 
-    def _create(self, body: JSON, job: TrainingJob, decided: Plan) -> None:
+    def _create(self, body: JSON, job: TrainingJob, decided: Plan) -> float | None:
         """Create the job's children, then the missing worker Pods.
 
         The claim, ServiceAccount and its Role come first (a Pod needs them to be
         scheduled, admitted and to report); all of them only once per job and operator
-        run, since they never change.
+        run, since they never change. When the API server refuses a Pod (admission: a
+        missing PriorityClass, a quota), the job says so in its ``PodCreationFailed``
+        condition and the creation is retried with backoff: the seconds to wait.
         """
         assert decided.placement is not None
         key, uid = (body["metadata"]["namespace"], body["metadata"]["name"]), job.metadata.uid or ""
@@ -263,15 +269,54 @@ class Reconciler:
             try:
                 self.cluster.create(pod)
             except ApiException as err:
-                if err.status in (403, 422):  # e.g. a missing PriorityClass, a quota
-                    message = f"could not create Pod {pod['metadata']['name']}: {_message(err)}"
-                    self.cluster.post_event(body, "Warning", "FailedCreatePod", message)
-                raise
+                if err.status not in (400, 403, 422):  # not an admission refusal: transient
+                    raise
+                message = f"could not create Pod {pod['metadata']['name']}: {_message(err)}"
+                return self._creation_refused(key, message)
+        if self._create_failures.pop(key, None) is not None:
+            self._creation_condition(key, ConditionStatus.FALSE, "PodsCreated", "")
         if self._set_up.get(key) != uid:
             service = headless_service(job, self.settings)
             if service is not None:
                 self.cluster.create(service)
             self._set_up[key] = uid
+        return None
+
+    def _creation_refused(self, key: Key, message: str) -> float:
+        failures = self._create_failures[key] = self._create_failures.get(key, 0) + 1
+        retry = min(300.0, 5.0 * (1 << min(failures - 1, 6)))  # 5 s doubling to 5 min
+        log.warning("%s/%s: %s; retrying in %.0fs", *key, message, retry)
+        self._creation_condition(key, ConditionStatus.TRUE, "FailedCreatePod", message)
+        return retry
+
+    def _creation_condition(
+        self, key: Key, status: ConditionStatus, reason: str, message: str
+    ) -> None:
+        """Record a change of ``PodCreationFailed`` (status and an Event); nothing if unchanged."""
+        body = self.cache.job(key)
+        if body is None:
+            return
+        current = TrainingJobStatus.model_validate(body.get("status") or {})
+        old = current.condition("PodCreationFailed")
+        if old is None and status is ConditionStatus.FALSE:
+            return
+        if old is not None and (old.status, old.message) == (status, message):
+            return
+        generation = body["metadata"].get("generation")
+        current.conditions = set_condition(
+            current.conditions,
+            "PodCreationFailed",
+            status,
+            reason,
+            message or "every worker Pod of the attempt was created",
+            generation=generation,
+            now=self.clock(),
+        )
+        self.cache.put_job(self.cluster.replace_status(dict(body, status=_dump(current))))
+        self._last_write[key] = time.monotonic()
+        metrics.STATUS_WRITES.inc()
+        if status is ConditionStatus.TRUE:
+            self.cluster.post_event(body, "Warning", "FailedCreatePod", message)
 
 
 def _count_changes(old: TrainingJobStatus, new: TrainingJobStatus) -> None:
