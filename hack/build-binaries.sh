@@ -51,7 +51,9 @@ build() {
     log "$tool: building ${names[*]} from hack/tools/$tool (lock $k; minutes on a cold cache)"
     rm -rf "$out" && mkdir -p "$out"
     (cd "$root/hack/tools/$tool" && go build -v -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}") 2>&1 |
-      awk '/^(go: |#|.*\.go:[0-9])/ {print; fflush(); next} {n++} n%200==0 {printf "[build-binaries] ... %d packages compiled\n", n; fflush()}'
+      awk '/^go: downloading/ {d++; next} /^(go: |#|.*\.go:[0-9])/ {print; fflush(); next}
+        {n++} n%200==0 {printf "[build-binaries] ... %d packages compiled\n", n; fflush()}
+        END {if (d) printf "[build-binaries] ... %d modules downloaded\n", d}'
     local i
     for i in "${!names[@]}"; do
       [ -x "$out/${gonames[$i]}" ] || { log "ERROR: $tool: ${pkgs[$i]} was not built"; rm -rf "$out"; exit 1; }

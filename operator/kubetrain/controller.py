@@ -49,6 +49,7 @@ class Controller:
         if event.get("type") == "DELETED":
             self.cache.drop_job(key)
             self.reconciler.forget(key)
+            self.queue.forget(key)
             metrics.forget_job(key)
             return
         self.cache.put_job(body)

@@ -38,6 +38,10 @@ class StaleError(Exception):
     """The object changed since it was read; read again and retry."""
 
 
+class GoneError(Exception):
+    """The object no longer exists."""
+
+
 class Cluster:
     """Typed access to exactly the objects the operator manages."""
 
@@ -85,7 +89,10 @@ class Cluster:
                 raise
 
     def replace_status(self, job: JSON) -> JSON:
-        """Write ``job['status']`` guarded by its resourceVersion; StaleError when stale."""
+        """Write ``job['status']`` guarded by its resourceVersion.
+
+        StaleError when the job changed since, GoneError when it no longer exists.
+        """
         meta = job["metadata"]
         self._count("update")
         try:
@@ -102,7 +109,9 @@ class Cluster:
                 ),
             )
         except ApiException as err:
-            if err.status in (404, 409):
+            if err.status == 404:
+                raise GoneError(f"{meta['namespace']}/{meta['name']}") from None
+            if err.status == 409:
                 raise StaleError(f"{meta['namespace']}/{meta['name']}: {err.reason}") from None
             raise
         return result

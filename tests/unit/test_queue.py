@@ -49,3 +49,28 @@ def test_a_closed_queue_hands_out_nothing() -> None:
     queue: WorkQueue[str] = WorkQueue()
     queue.close()
     assert queue.get(timeout=5) is None
+
+
+def test_a_key_has_one_delayed_look_the_earliest_asked_for() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for delay in (30.0, 10.0, 60.0, 10.5):
+        queue.add("a", delay)
+    assert len(queue) == 1
+    queue.add("a", 0.01)
+    assert len(queue) == 1
+    assert queue.get(timeout=5) == "a"
+    queue.done("a")
+    assert len(queue) == 0  # the later looks were superseded, not kept
+    assert queue.get(timeout=0) is None
+
+
+def test_a_forgotten_key_is_never_handed_out() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("gone", 0.01)
+    queue.add("other")
+    queue.add("gone-now")
+    queue.forget("gone")
+    queue.forget("gone-now")
+    assert len(queue) == 1
+    assert drain(queue) == ["other"]
+    assert queue.get(timeout=0.05) is None

@@ -18,7 +18,7 @@ from urllib3.exceptions import HTTPError
 from kubetrain import metrics
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
-from kubetrain.kube import Cluster, StaleError
+from kubetrain.kube import Cluster, GoneError, StaleError
 from kubetrain.reconcile.cache import Cache, Key
 from kubetrain.reconcile.plan import Plan, plan
 from kubetrain.render import (
@@ -79,7 +79,8 @@ class Reconciler:
     ) -> None:
         self.cluster, self.cache, self.settings, self.clock = cluster, cache, settings, clock
         self._last_write: dict[Key, float] = {}
-        self._bad_reports: dict[str, str] = {}
+        self._bad_reports: dict[Key, dict[str, str]] = {}  # job -> Pod uid -> report digest
+        self._errors: dict[Key, int] = {}  # failed reconciles in a row (backoff)
         self._set_up: dict[Key, str] = {}  # uid of each job whose children exist
         self._create_failures: dict[Key, int] = {}  # refused Pod creations in a row
         self._locks: dict[Key, threading.Lock] = {}
@@ -96,6 +97,19 @@ class Reconciler:
         self._last_write.pop(key, None)
         self._set_up.pop(key, None)
         self._create_failures.pop(key, None)
+        self._bad_reports.pop(key, None)
+        self._errors.pop(key, None)
+
+    def _gone(self, key: Key) -> None:
+        """The job is gone from the API server: whatever the watch says later."""
+        self.cache.drop_job(key)
+        self.forget(key)
+        metrics.forget_job(key)
+
+    def _backoff(self, key: Key, first: float) -> float:
+        """Seconds before retrying a job whose reconcile failed: doubling, capped at 2 min."""
+        failures = self._errors[key] = self._errors.get(key, 0) + 1
+        return min(120.0, first * (1 << min(failures - 1, 10)))
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one job closer to its spec; returns seconds until it wants another look."""
@@ -105,18 +119,31 @@ class Reconciler:
                 body = self.cache.job(key)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return None
-                return self._reconcile(body)
+                again = self._reconcile(body)
+            self._errors.pop(key, None)
+            return again
+        except GoneError:
+            self._gone(key)
+            return None
         except StaleError:
             self._refresh(key)
-            return 0.5
+            return self._backoff(key, 0.5)
         except ApiException as err:
             metrics.ERRORS.labels("api").inc()
-            log.warning("reconcile %s/%s: API error %s: %s", *key, err.status, _message(err))
-            return 5.0
+            retry = self._backoff(key, 1.0)
+            log.warning(
+                "reconcile %s/%s: API error %s: %s; retrying in %.1fs",
+                *key, err.status, _message(err), retry,
+            )  # fmt: skip
+            return retry
         except (HTTPError, OSError) as err:  # e.g. a timed-out call, a dropped connection
             metrics.ERRORS.labels("api").inc()
-            log.warning("reconcile %s/%s: no answer from the API server: %s", *key, err)
-            return 5.0
+            retry = self._backoff(key, 1.0)
+            log.warning(
+                "reconcile %s/%s: no answer from the API server: %s; retrying in %.1fs",
+                *key, err, retry,
+            )  # fmt: skip
+            return retry
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
@@ -124,14 +151,17 @@ class Reconciler:
         """After a conflict, read the job again rather than wait for the watch to catch up.
 
         A watch that lags (or silently stalls) would otherwise keep every status write of
-        this job conflicting; the cache keeps whichever body is newer.
+        this job conflicting; the cache keeps whichever body is newer. A job that is gone
+        is forgotten at once.
         """
         try:
             body = self.cluster.get_job(*key)
         except ApiException as err:
             log.warning("re-read %s/%s: API error %s: %s", *key, err.status, _message(err))
             return
-        if body is not None:
+        if body is None:
+            self._gone(key)
+        else:
             self.cache.put_job(body)
 
     def _reconcile(self, body: JSON) -> float | None:
@@ -141,6 +171,8 @@ class Reconciler:
             job = TrainingJob.model_validate(body)
         except ValidationError as err:
             return self._invalid(body, validation_message(err), now)
+        # Level-based: right after an operator restart too, not only once a status is written.
+        metrics.observe_phase(key, str(job.status.phase or ""))
         pods = [observe_pod(p) for p in self.cache.pods(key)]
         decided = plan(job, pods, now=now, settings=self.settings)
         # Actions follow a recorded status (the attempt number above all), so a status
@@ -157,7 +189,7 @@ class Reconciler:
             refused = self._create(body, job, decided)
             if refused is not None:
                 return refused
-        self._report_problems(body, decided)
+        self._report_problems(key, body, decided)
         if decided.delete_job:
             self.cluster.delete_job(*key)
             return None
@@ -220,15 +252,18 @@ class Reconciler:
         )
         written = self.cluster.replace_status(dict(body, status=_dump(status)))
         self.cache.put_job(written)
+        metrics.observe_phase((body["metadata"]["namespace"], body["metadata"]["name"]), "Failed")
         self.cluster.post_event(body, "Warning", "InvalidSpec", message)
         return None
 
-    def _report_problems(self, body: JSON, decided: Plan) -> None:
+    def _report_problems(self, key: Key, body: JSON, decided: Plan) -> None:
+        """One Warning per bad report; remembered only for the Pods that still report badly."""
+        seen = self._bad_reports.pop(key, {})
+        kept: dict[str, str] = {}
         for pod, problem in decided.bad_reports:
-            digest = hashlib.sha256((pod.report or "").encode()).hexdigest()
-            if self._bad_reports.get(pod.uid) == digest:
+            digest = kept[pod.uid] = hashlib.sha256((pod.report or "").encode()).hexdigest()
+            if seen.get(pod.uid) == digest:
                 continue
-            self._bad_reports[pod.uid] = digest
             metrics.REPORTS.labels("rejected").inc()
             self.cluster.post_event(
                 body,
@@ -236,6 +271,8 @@ class Reconciler:
                 "InvalidProgressReport",
                 f"ignored the progress report of Pod {pod.name}: {problem}",
             )
+        if kept:
+            self._bad_reports[key] = kept
 
     def _create(self, body: JSON, job: TrainingJob, decided: Plan) -> float | None:
         """Create the job's children, then the missing worker Pods.
