@@ -46,3 +46,20 @@ def test_a_conflicting_status_write_rereads_the_job_instead_of_waiting_for_the_w
     stored = custom.get_namespaced_custom_object(GROUP, VERSION, quiet_namespace, PLURAL, "stale")
     assert stored["status"]["phase"] == "Pending"
     assert stored["status"]["observedGeneration"] == stored["metadata"]["generation"]
+
+
+def test_a_job_gone_from_the_api_server_is_forgotten_not_retried(
+    api_client: client.ApiClient, quiet_namespace: str
+) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    created: dict[str, Any] = custom.create_namespaced_custom_object(
+        GROUP, VERSION, quiet_namespace, PLURAL, llm_job("gone")
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, quiet_namespace, PLURAL, "gone")
+    cache = Cache()
+    key = cache.put_job(created)  # the watch has not delivered the deletion (or never will)
+    reconciler = Reconciler(Cluster(api_client), cache, Settings())
+
+    assert reconciler.reconcile(key) is None  # the status write found no job: no retry
+    assert cache.job(key) is None
+    assert reconciler.reconcile(key) is None

@@ -195,15 +195,75 @@ def test_the_cost_ceiling_stops_the_job() -> None:
     assert suspended.reason == "CostLimitReached" and "maxCostUSD 100.00" in suspended.message
 
 
-def test_the_active_deadline_fails_the_job() -> None:
-    p = decide(job(running(), runPolicy={"activeDeadlineSeconds": 600}), [pod(0), pod(1)])
+def test_the_active_deadline_fails_the_job_once_it_trained_that_long() -> None:
+    trained = {
+        "progress": {"elapsedSeconds": 590.0},
+        "resourceUsage": {"lastUpdateTime": "2026-11-22T11:59:50Z"},
+    }
+    started = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
+    workers = [pod(0, started_at=started), pod(1, started_at=started)]
+    deadline = {"runPolicy": {"activeDeadlineSeconds": 600}}
+    almost = decide(job(running(**trained), **deadline), workers, now=NOW - timedelta(seconds=5))
+    assert almost.status.phase is Phase.RUNNING  # 595 s trained: one hour of wall time is not it
+    p = decide(job(running(**trained), **deadline), workers)
     failed = p.status.condition("Failed")
-    assert (
-        p.status.phase is Phase.FAILED
-        and failed is not None
-        and failed.reason == "DeadlineExceeded"
-    )
+    assert p.status.phase is Phase.FAILED and failed is not None
+    assert failed.reason == "DeadlineExceeded" and "trained 600s" in failed.message
+    assert "activeDeadlineSeconds (600s)" in failed.message
     assert sorted(p.delete) == ["j-worker-0", "j-worker-1"]
+
+
+def test_time_stopped_never_counts_against_the_active_deadline() -> None:
+    # Started two hours ago, trained 100 s, then stopped: past the deadline in wall time only.
+    stopped = running(phase="Stopped", progress={"elapsedSeconds": 100.0})
+    deadline = {"runPolicy": {"activeDeadlineSeconds": 600}}
+    still = decide(job(stopped, suspend=True, **deadline), [])
+    assert still.status.phase is Phase.STOPPED
+    resumed = decide(job(stopped, **deadline), [])
+    assert resumed.status.phase is Phase.PENDING and resumed.create == [0, 1]
+
+
+def test_usage_is_exact_from_the_pods_run_times_however_often_status_is_written() -> None:
+    """A cpu worker ($0.10/h) run for 16 s costs $0.000444, with every pass written or few."""
+    cpu = {"resources": {"gpuType": "cpu", "workers": 1}}
+    started = NOW - timedelta(seconds=16)
+    passes = [started + timedelta(seconds=s) for s in (0.5, 1, 1.7, 3, 7.2, 9, 12.1, 15.9)]
+    for written_every in (1, 3, 100):
+        status: dict[str, Any] = {"phase": "Running", "attempt": 1}
+        for n, now in enumerate(passes):
+            p = decide(job(status, **cpu), [pod(0, started_at=started)], now=now)
+            if n % written_every == 0:
+                status = p.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        finished = pod(0, phase="Succeeded", started_at=started, finished_at=NOW)
+        done = decide(job(status, **cpu), [finished], now=NOW + timedelta(seconds=30))
+        usage = done.status.resource_usage
+        assert usage is not None and done.status.progress is not None
+        assert usage.cost_usd == pytest.approx(0.10 * 16 / 3600, rel=1e-6), written_every
+        assert done.status.progress.elapsed_seconds == pytest.approx(16.0)
+
+
+def test_workers_running_side_by_side_count_their_time_once_for_training_time() -> None:
+    start0, start1 = NOW - timedelta(seconds=100), NOW - timedelta(seconds=40)
+    p = decide(
+        job({"phase": "Running", "attempt": 1}),
+        [pod(0, started_at=start0), pod(1, started_at=start1)],
+    )
+    usage, progress = p.status.resource_usage, p.status.progress
+    assert usage is not None and progress is not None
+    assert progress.elapsed_seconds == pytest.approx(100.0)
+    assert usage.gpu_hours == pytest.approx(4 * 140 / 3600)  # 4 GPUs x (100 s + 40 s)
+
+
+def test_an_idle_job_keeps_its_usage_clock_still_and_counts_the_next_run_from_its_start() -> None:
+    usage = {"gpuHours": 1.0, "costUSD": 2.0, "lastUpdateTime": "2026-11-22T10:00:00Z"}
+    idle = {"phase": "Stopped", "attempt": 1, "resourceUsage": usage}
+    still = decide(job(idle, suspend=True), [])
+    assert still.status.resource_usage is not None
+    assert still.status.resource_usage.last_update_time == datetime(2026, 11, 22, 10, tzinfo=UTC)
+    again = {**idle, "phase": "Pending", "attempt": 2}
+    p = decide(job(again), [pod(0, 2, started_at=NOW - timedelta(seconds=90))])
+    assert p.status.resource_usage is not None
+    assert p.status.resource_usage.gpu_hours == pytest.approx(1.0 + 4 * 90 / 3600)
 
 
 def test_a_finished_job_is_deleted_after_its_ttl() -> None:

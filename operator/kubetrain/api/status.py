@@ -204,15 +204,16 @@ class ResourceUsage(StatusModel):
     """What the job has consumed so far."""
 
     gpu_hours: float | None = Field(
-        default=None, ge=0, description="GPU hours used across all workers."
+        default=None, ge=0, description="GPU hours used across all workers (unrounded)."
     )
     cost_usd: float | None = Field(
-        default=None, ge=0, description="US dollars spent so far (estimate)."
+        default=None, ge=0, description="US dollars spent so far (estimate, unrounded)."
     )
     last_update_time: datetime | None = Field(
         default=None,
         description=(
-            "When gpuHours and cost were last brought up to date; unset while no worker runs."
+            "When gpuHours and cost were last brought up to date (it stands still while no "
+            "worker runs)."
         ),
     )
 

@@ -147,13 +147,6 @@ class _Planner:
         self._account(placement)
         self._mirror_reports()
 
-        deadline = spec.run_policy.active_deadline_seconds
-        if deadline and st.start_time and self.now - st.start_time > timedelta(seconds=deadline):
-            return self.fail(
-                "DeadlineExceeded",
-                f"the job ran longer than spec.runPolicy.activeDeadlineSeconds ({deadline}s)",
-            )
-
         current = [p for p in self.pods if p.attempt == st.attempt]
         stale = [p for p in self.pods if p.attempt != st.attempt]
         self.plan.delete += [p.name for p in stale if not p.deleting]
@@ -164,6 +157,17 @@ class _Planner:
 
         if hold := self._hold():
             return self._stop(*hold)
+
+        # Training time (progress.elapsedSeconds) excludes every stop: a job stopped past
+        # the deadline's wall-clock time is not failed for it, on resume or ever.
+        deadline = spec.run_policy.active_deadline_seconds
+        trained = (st.progress.elapsed_seconds or 0.0) if st.progress else 0.0
+        if deadline and trained >= deadline:
+            return self.fail(
+                "DeadlineExceeded",
+                f"the job trained {trained:.0f}s, longer than "
+                f"spec.runPolicy.activeDeadlineSeconds ({deadline}s)",
+            )
 
         failed = [p for p in current if p.phase == "Failed"]
         lost = [p for p in current if p.deleting and not p.finished]
@@ -206,7 +210,14 @@ class _Planner:
         return self.plan
 
     def _account(self, placement: Placement) -> None:
-        """Accrue GPU hours, cost and training time since the last look, while Pods run."""
+        """Accrue GPU hours, cost and training time from the Pods' own run times.
+
+        Each worker's run (its container's start to its finish, or now while it runs) is
+        clipped to the time since ``resourceUsage.lastUpdateTime``, so nothing is counted
+        twice or lost between passes, whether or not the previous pass was written; totals
+        are kept unrounded (display rounds). ``lastUpdateTime`` stands still while no
+        worker runs, so the next run is counted from its own start.
+        """
         st, spec = self.st, self.spec
         workers, gpus = spec.resources.workers, placement.gpus_per_worker
         units = gpus * workers if placement.entry.is_gpu else workers
@@ -222,19 +233,19 @@ class _Planner:
             summary=allocation_summary(placement.gpu_type, max(gpus, 1), workers),
         )
         usage = st.resource_usage or ResourceUsage(gpu_hours=0.0, cost_usd=0.0)
-        running = sum(1 for p in self.pods if p.running)
-        last = usage.last_update_time
-        if running and last is not None:
-            seconds = max((self.now - last).total_seconds(), 0.0)
+        since = usage.last_update_time
+        spans = [s for p in self.pods if (s := _run_span(p, since, self.now)) is not None]
+        if spans:
+            worker_hours = sum((end - start).total_seconds() for start, end in spans) / 3600
             per_worker = gpus if placement.entry.is_gpu else 1
-            usage.gpu_hours = (usage.gpu_hours or 0.0) + gpus * running * seconds / 3600
-            usage.cost_usd = (usage.cost_usd or 0.0) + price * per_worker * running * seconds / 3600
+            usage.gpu_hours = (usage.gpu_hours or 0.0) + gpus * worker_hours
+            usage.cost_usd = (usage.cost_usd or 0.0) + price * per_worker * worker_hours
             progress = st.progress or Progress()
-            progress.elapsed_seconds = round((progress.elapsed_seconds or 0.0) + seconds, 1)
+            progress.elapsed_seconds = (progress.elapsed_seconds or 0.0) + _covered(spans)
             st.progress = progress
-        usage.gpu_hours = round(usage.gpu_hours or 0.0, 6)
-        usage.cost_usd = round(usage.cost_usd or 0.0, 4)
-        usage.last_update_time = self.now if running else None
+        if spans or any(p.phase == "Running" for p in self.pods):
+            usage.last_update_time = self.now
+        usage.gpu_hours, usage.cost_usd = usage.gpu_hours or 0.0, usage.cost_usd or 0.0
         st.resource_usage = usage
         hourly = round(price * units, 4)
         st.estimated_cost = (st.estimated_cost or EstimatedCost()).model_copy(
@@ -384,6 +395,33 @@ class _Planner:
         if hourly is not None:
             total = hourly * ((st.progress.elapsed_seconds or 0.0) + remaining) / 3600
             st.estimated_cost = EstimatedCost(hourly_usd=hourly, total_usd=round(total, 4))
+
+
+def _run_span(
+    pod: PodView, since: datetime | None, now: datetime
+) -> tuple[datetime, datetime] | None:
+    """The part of the Pod's run after ``since``: (start, end), or None if there is none."""
+    if pod.phase == "Running":
+        end = now
+    elif pod.finished and pod.finished_at is not None:
+        end = min(pod.finished_at, now)
+    else:
+        return None
+    start = pod.started_at or since or now
+    if since is not None:
+        start = max(start, since)
+    return (start, end) if end > start else None
+
+
+def _covered(spans: list[tuple[datetime, datetime]]) -> float:
+    """Seconds during which at least one of the spans ran."""
+    total, reach = 0.0, None
+    for begin, end in sorted(spans):
+        start = begin if reach is None else max(begin, reach)
+        if end > start:
+            total += (end - start).total_seconds()
+            reach = end
+    return total
 
 
 def plan(job: TrainingJob, pods: list[PodView], *, now: datetime, settings: Settings) -> Plan:

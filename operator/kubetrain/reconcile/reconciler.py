@@ -193,9 +193,9 @@ class Reconciler:
         if decided.delete_job:
             self.cluster.delete_job(*key)
             return None
-        return self._next_look(decided, wait)
+        return self._next_look(decided, wait, running=any(p.phase == "Running" for p in pods))
 
-    def _next_look(self, decided: Plan, wait: float | None) -> float | None:
+    def _next_look(self, decided: Plan, wait: float | None, *, running: bool) -> float | None:
         if wait is not None:
             return wait
         if decided.requeue_after is not None:
@@ -203,7 +203,7 @@ class Reconciler:
         phase = decided.status.phase
         if phase in (Phase.RUNNING, Phase.STOPPING, Phase.QUEUED, Phase.PENDING):
             return self.settings.resync_seconds
-        if decided.status.resource_usage and decided.status.resource_usage.last_update_time:
+        if running:  # e.g. workers still checkpointing after a failure: usage still accrues
             return self.settings.resync_seconds
         return None
 
