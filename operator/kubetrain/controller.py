@@ -68,6 +68,20 @@ class Controller:
             self.cache.put_pod(key, body)
         self.queue.add(key)
 
+    def child_event(self, event: Mapping[str, Any], kind: str) -> None:
+        """A claim, ServiceAccount, Role, RoleBinding or Service of a job changed."""
+        body = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        job = (meta.get("labels") or {}).get(LABEL_JOB)
+        if not job:
+            return
+        key: Key = (meta.get("namespace", ""), job)
+        if event.get("type") == "DELETED":
+            self.cache.drop_child(key, kind, meta.get("name", ""))
+        else:
+            self.cache.put_child(key, dict(body, kind=kind))
+        self.queue.add(key)
+
     def resync(self) -> None:
         """Queue every known job: on becoming the leader, take stock of everything."""
         for body in self.cache.jobs():

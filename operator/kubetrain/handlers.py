@@ -113,6 +113,29 @@ def worker_pod(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     memo["controller"].pod_event(event)
 
 
+_CHILD_LABELS: Any = {LABEL_JOB: kopf.PRESENT, "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def _watch_children(group: str, version: str, plural: str, kind: str) -> None:
+    """The job's other children, so each pass compares them with their desired state."""
+
+    def child(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        memo["controller"].child_event(event, kind)
+
+    child.__name__ = f"child_{plural}"
+    kopf.on.event(group, version, plural, labels=_CHILD_LABELS, id=f"child-{plural}")(child)
+
+
+for _group, _version, _plural, _kind in (
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("", "v1", "services", "Service"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+):
+    _watch_children(_group, _version, _plural, _kind)
+
+
 @kopf.on.probe(id="queued")
 def queued(memo: kopf.Memo, **_: Any) -> int:
     """Jobs waiting for a reconcile, shown on the liveness endpoint."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from kubetrain.api.base import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 COMPONENT = "kubetrain-operator"
+FIELD_MANAGER = COMPONENT
+"""The one field manager of every server-side apply the operator sends."""
 
 
 def _discard(response: Any) -> None:
@@ -74,6 +77,37 @@ class Cluster:
                 return False
             raise
         return True
+
+    def apply(self, manifest: JSON) -> JSON:
+        """Server-side apply ``manifest`` (create or update the fields the operator owns).
+
+        Returns the object as stored, so the caller's cache is current before the watch
+        delivers it.
+        """
+        kind, meta = manifest["kind"], manifest["metadata"]
+        patch: Any = {
+            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Service": self.core.patch_namespaced_service,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
+        }[kind]
+        self._count("apply")
+        response = patch(
+            meta["name"],
+            meta["namespace"],
+            manifest,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            _preload_content=False,
+            _request_timeout=TIMEOUT,
+        )
+        try:
+            stored = cast(JSON, json.loads(response.data))
+        finally:
+            response.release_conn()
+        return dict(stored, kind=kind)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""

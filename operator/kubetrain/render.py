@@ -20,6 +20,8 @@ LABEL_JOB = "kubetrain.io/job-name"
 LABEL_WORKER = "kubetrain.io/worker-index"
 LABEL_ATTEMPT = "kubetrain.io/attempt"
 ANNOTATION_RESUME_FROM = "kubetrain.io/resume-from"
+ANNOTATION_WORKERS = "kubetrain.io/workers"
+"""How many workers the Pod's group was started with (its world): a resize restarts it."""
 MANAGED_BY = "kubetrain"
 
 CHECKPOINT_MOUNT = "/checkpoints"
@@ -30,7 +32,13 @@ TRAINER_UID = 1000
 JSON = dict[str, Any]
 
 
-def pod_name(job: str, index: int) -> str:
+def pod_name(job: str, index: int, attempt: int) -> str:
+    """Worker ``index`` of ``attempt``: a new attempt never waits for an old Pod's name."""
+    return f"{job}-worker-{index}-a{attempt}"
+
+
+def worker_hostname(job: str, index: int) -> str:
+    """The worker's stable DNS label (``<hostname>.<job>-workers``), the same in every attempt."""
     return f"{job}-worker-{index}"
 
 
@@ -116,10 +124,15 @@ def service_account(job: TrainingJob) -> JSON:
     }
 
 
-def role(job: TrainingJob) -> JSON:
-    """Lets the trainers read and patch their own Pods (progress reports), nothing else."""
+def role(job: TrainingJob, attempt: int) -> JSON:
+    """Lets the trainers read and patch their own Pods (progress reports), nothing else.
+
+    It names the Pods of ``attempt`` and of the one before, whose workers may still be
+    reporting their last checkpoint while they stop.
+    """
     name = _name(job)
-    pods = [pod_name(name, i) for i in range(job.spec.resources.workers)]
+    workers = range(job.spec.resources.workers)
+    pods = [pod_name(name, i, a) for a in range(max(attempt - 1, 1), attempt + 1) for i in workers]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -251,7 +264,7 @@ def _env(
         env.append({"name": "KUBETRAIN_DATASET_PATH", "value": path})
     elif dataset.uri is not None:
         env.append({"name": "KUBETRAIN_DATASET_URI", "value": dataset.uri})
-    master = f"{pod_name(name, 0)}.{service_name(name)}" if workers > 1 else "localhost"
+    master = f"{worker_hostname(name, 0)}.{service_name(name)}" if workers > 1 else "localhost"
     env += [
         {"name": "MASTER_ADDR", "value": master},
         {"name": "MASTER_PORT", "value": str(port)},
@@ -289,9 +302,12 @@ def worker_pod(
     """Worker ``index`` of attempt ``attempt``: GPU placement, restricted security, trainer env."""
     spec, name = job.spec, _name(job)
     image, command = _image_and_command(spec, settings)
-    meta = _metadata(job, pod_name(name, index), "worker")
+    meta = _metadata(job, pod_name(name, index, attempt), "worker")
     meta["labels"] |= {LABEL_WORKER: str(index), LABEL_ATTEMPT: str(attempt)}
-    meta["annotations"] = {ANNOTATION_RESUME_FROM: resume_from or "latest"}
+    meta["annotations"] = {
+        ANNOTATION_RESUME_FROM: resume_from or "latest",
+        ANNOTATION_WORKERS: str(spec.resources.workers),
+    }
     volumes: list[JSON] = [
         {
             "name": "checkpoints",
@@ -337,7 +353,7 @@ def worker_pod(
     pod_spec: JSON = {
         "restartPolicy": "Never",
         "serviceAccountName": service_account_name(name),
-        "hostname": pod_name(name, index),
+        "hostname": worker_hostname(name, index),
         "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
         "securityContext": {
             "runAsNonRoot": True,
@@ -355,8 +371,15 @@ def worker_pod(
         pod_spec["nodeSelector"] = dict(placement.entry.node_selector)
     if affinity := _affinity(placement.entry):
         pod_spec["affinity"] = affinity
-    if placement.entry.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in placement.entry.tolerations]
+    # A worker on a node that stopped reporting is evicted after lostNodeGraceSeconds (by
+    # the node lifecycle controller's taint eviction), and the job restarts elsewhere from
+    # its latest checkpoint, instead of the default five minutes.
+    lost = [
+        {"key": f"node.kubernetes.io/{taint}", "operator": "Exists", "effect": "NoExecute",
+         "tolerationSeconds": settings.lost_node_grace_seconds}
+        for taint in ("not-ready", "unreachable")
+    ]  # fmt: skip
+    pod_spec["tolerations"] = [dict(t) for t in placement.entry.tolerations] + lost
     if priority_class := settings.priority_classes.get(str(spec.priority)):
         pod_spec["priorityClassName"] = priority_class
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

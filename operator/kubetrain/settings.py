@@ -48,6 +48,14 @@ class Settings(BaseModel):
     resync_seconds: float = Field(
         default=15.0, gt=0, description="How often running jobs are re-evaluated (ETA, cost)."
     )
+    lost_node_grace_seconds: int = Field(
+        default=120,
+        ge=1,
+        description=(
+            "How long workers on a node that stopped reporting (NotReady or unreachable) stay "
+            "before they count as lost and the job restarts elsewhere from its latest checkpoint."
+        ),
+    )
     master_port: int = Field(default=29500, ge=1, le=65535)
     default_checkpoint_size: str = "20Gi"
     priority_classes: dict[str, str] = Field(

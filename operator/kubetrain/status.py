@@ -18,7 +18,12 @@ from kubetrain.api.status import (
     Progress,
     TrainingJobStatus,
 )
-from kubetrain.render import ANNOTATION_RESUME_FROM, LABEL_ATTEMPT, LABEL_WORKER
+from kubetrain.render import (
+    ANNOTATION_RESUME_FROM,
+    ANNOTATION_WORKERS,
+    LABEL_ATTEMPT,
+    LABEL_WORKER,
+)
 from kubetrain.report import ANNOTATION, EXIT_STOPPED, ProgressReport, ReportError, decode
 
 DISRUPTION_REASONS = frozenset(
@@ -58,6 +63,9 @@ class PodView:
     finished_at: datetime | None = None
     report: str | None = None
     resume_from: str = ""
+    deletion_time: datetime | None = None
+    node_lost: bool = False  # evicted because its node stopped reporting
+    workers: int | None = None  # the size of the group it was started in
 
     @property
     def finished(self) -> bool:
@@ -101,10 +109,12 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
         "attempt": _int(labels.get(LABEL_ATTEMPT), 0),
         "phase": status.get("phase") or "Pending",
         "deleting": meta.get("deletionTimestamp") is not None,
+        "deletion_time": _time(meta.get("deletionTimestamp")),
         "reason": status.get("reason") or "",
         "message": status.get("message") or "",
         "report": annotations.get(ANNOTATION),
         "resume_from": annotations.get(ANNOTATION_RESUME_FROM, ""),
+        "workers": _int(annotations.get(ANNOTATION_WORKERS), 0) or None,
     }
     for condition in status.get("conditions") or []:
         kind, state = condition.get("type"), condition.get("status")
@@ -116,6 +126,7 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
             view["unschedulable"] = condition.get("message") or "no node fits the Pod"
         if kind == "DisruptionTarget" and state == "True":
             view["disruption"] = condition.get("reason") or "Disrupted"
+            view["node_lost"] = condition.get("reason") == "DeletionByTaintManager"
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if running := state.get("running"):

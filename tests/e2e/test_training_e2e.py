@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,17 @@ def test_suspend_and_resume_continue_from_the_checkpoint(job: Job) -> None:
 
 def test_a_killed_trainer_pod_is_replaced_and_resumes(job: Job) -> None:
     job.create(tiny_lora("tiny"))
-    job.until(lambda s: _step(s) >= 8 and s.get("latestCheckpoint"), "a checkpoint")
-    job.core.delete_namespaced_pod("tiny-worker-0", job.ns, grace_period_seconds=1)
+    before = job.until(lambda s: _step(s) >= 8 and s.get("latestCheckpoint"), "a checkpoint")
+    saved = max(c["step"] for c in before["checkpoints"])
+    job.core.delete_namespaced_pod("tiny-worker-0-a1", job.ns, grace_period_seconds=1)
     job.until(lambda s: s.get("attempt") == 2 and s.get("restarts") == 1, "a restart, counted")
     done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the restart")
     assert done.get("failures", 0) == 0
     assert _step(done) == done["progress"]["totalSteps"]
+    log = job.core.read_namespaced_pod_log("tiny-worker-0-a2", job.ns)
+    resumed = re.search(r"resuming from checkpoint (\S+) \(step (\d+)\)", log)
+    assert resumed, log[-2000:]
+    assert int(resumed[2]) >= saved  # the checkpoint that existed when the Pod was killed, or later
 
 
 def test_a_tiny_vision_job_completes_with_an_onnx_model_on_its_volume(

@@ -143,7 +143,7 @@ def worker_pod_on_agent(
         ],
         what="the default ServiceAccount",
     )
-    name = f"{job}-worker-0"
+    name = f"{job}-worker-0-a1"
     labels = {
         "kubetrain.io/job-name": job,
         "kubetrain.io/worker-index": "0",

@@ -196,7 +196,7 @@ def test_logs_and_estimate(
     # The fake GPU nodes have no kubelet to serve logs: the error says which Pod and why
     # (test_logs_of_a_worker_the_node_agent_runs reads real ones).
     failed = train.run("logs", "chatty", expect=1)
-    assert failed.stderr.startswith("error: cannot read the logs of Pod chatty-worker-0:")
+    assert failed.stderr.startswith("error: cannot read the logs of Pod chatty-worker-0-a1:")
     assert "no Pod for worker 3" in train.run("logs", "chatty", "--worker", "3", expect=1).stderr
 
     core.create_namespaced_config_map(

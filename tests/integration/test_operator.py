@@ -158,6 +158,16 @@ def _env(pod: client.V1Pod) -> dict[str, str]:
     return {e.name: e.value for e in pod.spec.containers[0].env if e.value is not None}
 
 
+def _get(read: Callable[[], Any]) -> Any:
+    """What ``read`` returns, or None on a 404."""
+    try:
+        return read()
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
 def _run_all(jobs: Jobs, name: str, pods: list[client.V1Pod]) -> None:
     for pod in pods:
         kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
@@ -207,7 +217,7 @@ def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
     rbac = client.RbacAuthorizationV1Api(jobs.core.api_client)
     rule = rbac.read_namespaced_role("llama-trainer", jobs.ns).rules[0]
     assert (rule.resources, sorted(rule.verbs)) == (["pods"], ["get", "patch"])
-    assert rule.resource_names == ["llama-worker-0", "llama-worker-1"]
+    assert rule.resource_names == ["llama-worker-0-a1", "llama-worker-1-a1"]
 
     # The real scheduler placed them on the A100 node.
     placed = wait_for(
@@ -224,7 +234,7 @@ def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
     kubelet.report(
         jobs.core,
         jobs.ns,
-        "llama-worker-0",
+        "llama-worker-0-a1",
         epoch=1,
         totalEpochs=2,
         step=50,
@@ -247,7 +257,7 @@ def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
     kubelet.report(
         jobs.core,
         jobs.ns,
-        "llama-worker-0",
+        "llama-worker-0-a1",
         epoch=2,
         totalEpochs=2,
         step=90,
@@ -260,7 +270,7 @@ def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
     kubelet.report(
         jobs.core,
         jobs.ns,
-        "llama-worker-0",
+        "llama-worker-0-a1",
         state="completed",
         epoch=2,
         totalEpochs=2,
@@ -309,7 +319,7 @@ def test_pods_the_api_server_refuses_are_a_condition_and_retried_once_admitted(
     )  # fmt: skip
     refused = condition(status, "PodCreationFailed")
     assert refused["reason"] == "FailedCreatePod"
-    assert refused["message"].startswith("could not create Pod refused-worker-0: ")
+    assert refused["message"].startswith("could not create Pod refused-worker-0-a1: ")
     assert "no-pods" in refused["message"]  # the API server's reason names the quota
     assert status["phase"] == "Pending"
     assert "no-pods" in jobs.event("FailedCreatePod")[0].message
@@ -324,6 +334,82 @@ def test_pods_the_api_server_refuses_are_a_condition_and_retried_once_admitted(
     )
     assert condition(status, "PodCreationFailed")["reason"] == "PodsCreated"
     assert len(jobs.events("FailedCreatePod")) == 1  # one Event per refusal, not per retry
+
+
+def test_children_are_kept_in_their_desired_state_and_a_resize_restarts_the_group(
+    jobs: Jobs,
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(jobs.core.api_client)
+    jobs.create(llm_job("elastic"))
+    (pod,) = jobs.live_pods("elastic", 1)
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    jobs.phase("elastic", "Running")
+
+    # Someone deletes the Role: the next pass (woken by the watch) applies it again.
+    rbac.delete_namespaced_role("elastic-trainer", jobs.ns)
+    role = wait_for(
+        lambda: _get(lambda: rbac.read_namespaced_role("elastic-trainer", jobs.ns)),
+        "the Role recreated",
+        operator=jobs.operator,
+    )
+    assert role.rules[0].resource_names == ["elastic-worker-0-a1"]
+
+    # From one worker to two: a new attempt of two, a headless Service, a Role naming them.
+    jobs.patch("elastic", {"resources": {"workers": 2}})
+    status = jobs.until("elastic", lambda s: s.get("attempt") == 2, "attempt 2 after the resize")
+    assert (status.get("restarts", 0), status.get("failures", 0)) == (0, 0)
+    assert jobs.events("Resized")
+    kubelet.terminate(jobs.core, jobs.ns, pod.metadata.name)  # worker 0 checkpoints and goes
+    pods = jobs.live_pods("elastic", 2, attempt=2)
+    assert [p.metadata.name for p in pods] == ["elastic-worker-0-a2", "elastic-worker-1-a2"]
+    assert _env(pods[0])["MASTER_ADDR"] == "elastic-worker-0.elastic-workers"
+    service = jobs.core.read_namespaced_service("elastic-workers", jobs.ns)
+    assert service.spec.cluster_ip == "None"
+    names = rbac.read_namespaced_role("elastic-trainer", jobs.ns).rules[0].resource_names
+    assert names == [f"elastic-worker-{i}-a{a}" for a in (1, 2) for i in (0, 1)]
+
+    jobs.core.delete_namespaced_service("elastic-workers", jobs.ns)
+    wait_for(
+        lambda: _get(lambda: jobs.core.read_namespaced_service("elastic-workers", jobs.ns)),
+        "the Service recreated",
+        operator=jobs.operator,
+    )
+
+
+def test_pods_of_an_earlier_job_with_the_same_name_are_never_counted(jobs: Jobs) -> None:
+    bound_claim(jobs.core, jobs.ns, "kept-checkpoints", create_claim=True)
+    kept = {"existingClaimName": "kept-checkpoints"}
+    jobs.create(llm_job("again", checkpoint=kept), storage=False)
+    (old,) = jobs.live_pods("again", 1)
+    # The old worker finished, and something (here: a finalizer) keeps its Pod around.
+    jobs.core.patch_namespaced_pod(
+        old.metadata.name, jobs.ns, {"metadata": {"finalizers": ["kubetrain.io/test-hold"]}}
+    )
+    kubelet.start(jobs.core, jobs.ns, old.metadata.name)
+    kubelet.finish(jobs.core, jobs.ns, old.metadata.name, 0)
+    jobs.phase("again", "Completed")
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.ns, PLURAL, "again")
+    wait_for(lambda: not _get(lambda: jobs.get("again")), "the first job gone")
+
+    jobs.create(llm_job("again", checkpoint=kept), storage=False)
+    status = jobs.until(
+        "again",
+        lambda s: any(c["type"] == "PodCreationFailed" and c["status"] == "True"
+                      for c in s.get("conditions", [])),
+        "the taken Pod name reported",
+    )  # fmt: skip
+    assert status["phase"] == "Pending", status  # not Completed by the old job's Pod
+    message = condition(status, "PodCreationFailed")["message"]
+    assert "belongs to another owner" in message
+
+    jobs.core.patch_namespaced_pod(old.metadata.name, jobs.ns, {"metadata": {"finalizers": None}})
+    wait_for(
+        lambda: [p for p in jobs.pods("again") if p.metadata.deletion_timestamp is None],
+        "the new job's own Pod",
+        timeout=60,
+        operator=jobs.operator,
+    )
+    assert jobs.status("again")["phase"] != "Completed"
 
 
 def test_an_unknown_gpu_type_fails_at_once_listing_the_known_ones(jobs: Jobs) -> None:
@@ -357,7 +443,7 @@ def test_suspend_stops_and_resume_continues_from_a_checkpoint(jobs: Jobs) -> Non
     kubelet.report(
         jobs.core,
         jobs.ns,
-        "pausable-worker-0",
+        "pausable-worker-0-a1",
         epoch=1,
         totalEpochs=2,
         step=20,
@@ -438,7 +524,7 @@ def test_a_bad_progress_report_is_ignored_with_a_warning(jobs: Jobs) -> None:
     kubelet.report(
         jobs.core,
         jobs.ns,
-        "noisy-worker-0",
+        "noisy-worker-0-a1",
         epoch=1,
         totalEpochs=2,
         step=5,
@@ -450,7 +536,7 @@ def test_a_bad_progress_report_is_ignored_with_a_warning(jobs: Jobs) -> None:
     kubelet.set_annotation(
         jobs.core,
         jobs.ns,
-        "noisy-worker-0",
+        "noisy-worker-0-a1",
         '{"version": 1, "time": "2026-01-01T00:00:00Z", "loss": 1e999}',
     )
     wait_for(
@@ -458,7 +544,7 @@ def test_a_bad_progress_report_is_ignored_with_a_warning(jobs: Jobs) -> None:
         "a Warning for the bad report",
         operator=jobs.operator,
     )
-    kubelet.set_annotation(jobs.core, jobs.ns, "noisy-worker-0", "x" * 40_000)
+    kubelet.set_annotation(jobs.core, jobs.ns, "noisy-worker-0-a1", "x" * 40_000)
     wait_for(
         lambda: len(jobs.events("InvalidProgressReport")) >= 2, "a Warning for the oversized report"
     )
@@ -481,7 +567,7 @@ def test_a_restarted_operator_makes_no_duplicates_and_carries_on(
     kubelet.report(
         jobs.core,
         jobs.ns,
-        "steady-worker-0",
+        "steady-worker-0-a1",
         epoch=1,
         totalEpochs=1,
         step=7,
@@ -525,7 +611,7 @@ def test_a_trainer_token_may_patch_only_its_own_pod(jobs: Jobs, cluster: Any) ->
     as_trainer = client.CoreV1Api(client.ApiClient(configuration))
 
     kubelet.report(
-        as_trainer, jobs.ns, "scoped-worker-0", step=1, totalSteps=10
+        as_trainer, jobs.ns, "scoped-worker-0-a1", step=1, totalSteps=10
     )  # own Pod: allowed
     with pytest.raises(ApiException) as other:
         as_trainer.patch_namespaced_pod("unrelated", jobs.ns, {"metadata": {"labels": {"a": "b"}}})

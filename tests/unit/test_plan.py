@@ -166,6 +166,39 @@ def test_new_workers_wait_until_the_previous_attempt_is_gone() -> None:
     assert gone.create == [0, 1]
 
 
+@pytest.mark.parametrize(
+    "stuck",
+    [
+        pod(0, attempt=1, deleting=True, node_lost=True, disruption="DeletionByTaintManager"),
+        pod(0, attempt=1, deleting=True, deletion_time=NOW - timedelta(seconds=121)),
+    ],
+)
+def test_a_new_attempt_does_not_wait_for_workers_stuck_on_a_lost_node(stuck: PodView) -> None:
+    p = decide(job(running(attempt=2, phase="Pending")), [stuck, pod(1, attempt=1, deleting=True)])
+    assert p.create == []  # worker 1 is still stopping (checkpointing): that one is waited for
+    p = decide(job(running(attempt=2, phase="Pending")), [stuck])
+    assert p.create == [0, 1]
+    on_time = pod(0, attempt=1, deleting=True, deletion_time=NOW - timedelta(seconds=60))
+    assert decide(job(running(attempt=2, phase="Pending")), [on_time]).create == []
+
+
+def test_a_worker_evicted_from_a_lost_node_is_a_restart_not_a_failure() -> None:
+    evicted = pod(0, deleting=True, node_lost=True, disruption="DeletionByTaintManager")
+    p = decide(job(running(), runPolicy={"backoffLimit": 0}), [evicted, pod(1)])
+    assert (p.status.restarts, p.status.failures, p.status.attempt) == (1, 0, 2)
+    assert p.delete == ["j-worker-1"]  # the healthy worker checkpoints; the lost one is gone
+
+
+def test_a_change_of_workers_restarts_the_group_at_its_new_size() -> None:
+    one = [pod(0, workers=1)]
+    p = decide(job(running(), resources={"gpuType": "a100", "workers": 2, "gpusPerWorker": 4}), one)
+    assert p.status.attempt == 2 and p.delete == ["j-worker-0"] and p.create == []
+    assert (p.status.restarts, p.status.failures) == (0, 0)
+    assert "Resized" in reasons(p) and p.status.phase is Phase.PENDING
+    same = decide(job(running()), [pod(0, workers=2), pod(1, workers=2)])
+    assert same.status.attempt == 1 and same.delete == []
+
+
 def test_an_unknown_gpu_type_fails_listing_the_catalogue() -> None:
     p = decide(job(resources={"gpuType": "tpu"}), [])
     failed = p.status.condition("Failed")

@@ -62,7 +62,7 @@ def _children(job: TrainingJob) -> list[dict[str, Any]]:
     objects = [
         checkpoint_claim(job),
         service_account(job),
-        role(job),
+        role(job, 3),
         role_binding(job),
         headless_service(job, SETTINGS),
         *(
@@ -114,7 +114,7 @@ def test_workers_get_placement_security_and_rendezvous_env() -> None:
     spec = pod["spec"]
     container = spec["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert pod["metadata"]["name"] == "llama-worker-1"
+    assert pod["metadata"]["name"] == "llama-worker-1-a2"  # a name per attempt
     assert pod["metadata"]["labels"]["kubetrain.io/attempt"] == "2"
     assert (spec["hostname"], spec["subdomain"]) == ("llama-worker-1", "llama-workers")
     assert env["MASTER_ADDR"] == "llama-worker-0.llama-workers"
@@ -151,16 +151,31 @@ def test_the_trainer_config_leaves_out_what_only_the_operator_reads() -> None:
     assert config["llm"]["lora"]["rank"] == 16
 
 
-def test_the_role_names_exactly_the_jobs_pods() -> None:
-    rules = role(_job())["rules"]
-    assert rules == [
+def test_the_role_names_exactly_the_pods_of_this_attempt_and_the_one_stopping() -> None:
+    assert role(_job(), 1)["rules"] == [
         {
             "apiGroups": [""],
             "resources": ["pods"],
-            "resourceNames": ["llama-worker-0", "llama-worker-1"],
+            "resourceNames": ["llama-worker-0-a1", "llama-worker-1-a1"],
             "verbs": ["get", "patch"],
         }
     ]
+    names = role(_job(), 4)["rules"][0]["resourceNames"]
+    assert names == [f"llama-worker-{i}-a{a}" for a in (3, 4) for i in (0, 1)]
+
+
+def test_workers_on_a_lost_node_are_evicted_after_the_operators_grace() -> None:
+    job = _job()
+    pod = worker_pod(
+        job, 0, attempt=1, resume_from="", placement=_placement(job), settings=SETTINGS
+    )
+    lost = {
+        t["key"]: t["tolerationSeconds"]
+        for t in pod["spec"]["tolerations"]
+        if t.get("effect") == "NoExecute"
+    }
+    grace = SETTINGS.lost_node_grace_seconds
+    assert lost == {"node.kubernetes.io/not-ready": grace, "node.kubernetes.io/unreachable": grace}
 
 
 def test_single_worker_jobs_need_no_service_and_use_read_write_once() -> None:

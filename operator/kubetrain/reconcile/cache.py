@@ -1,4 +1,4 @@
-"""What the operator has seen through its watches: TrainingJobs and their worker Pods."""
+"""What the operator has seen through its watches: TrainingJobs, their Pods and other children."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Cache:
         self._lock = threading.Lock()
         self._jobs: dict[Key, JSON] = {}
         self._pods: dict[Key, dict[str, JSON]] = {}
+        self._children: dict[Key, dict[tuple[str, str], JSON]] = {}  # (kind, name) -> body
 
     def put_job(self, body: JSON) -> Key:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -59,6 +60,24 @@ class Cache:
     def pods(self, job: Key) -> list[JSON]:
         with self._lock:
             return list(self._pods.get(job, {}).values())
+
+    def put_child(self, job: Key, body: JSON) -> None:
+        """A claim, ServiceAccount, Role, RoleBinding or Service labelled with ``job``."""
+        name = (body["kind"], body["metadata"]["name"])
+        with self._lock:
+            children = self._children.setdefault(job, {})
+            children[name] = self._newer(children.get(name), body)
+
+    def drop_child(self, job: Key, kind: str, name: str) -> None:
+        with self._lock:
+            children = self._children.get(job, {})
+            children.pop((kind, name), None)
+            if not children:
+                self._children.pop(job, None)
+
+    def child(self, job: Key, kind: str, name: str) -> JSON | None:
+        with self._lock:
+            return self._children.get(job, {}).get((kind, name))
 
     @staticmethod
     def _newer(old: JSON | None, new: JSON) -> JSON:

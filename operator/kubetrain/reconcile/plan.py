@@ -173,6 +173,9 @@ class _Planner:
         lost = [p for p in current if p.deleting and not p.finished]
         if failed or lost:
             return self._restart(failed, lost)
+        resized = [p for p in current if p.workers not in (None, workers) and not p.finished]
+        if resized:
+            return self._resize(resized[0].workers or 0)
 
         # A first start, a resume, or a run after a spec error cured by a new generation.
         if st.attempt == 0 or st.phase in (Phase.STOPPED, Phase.FAILED):
@@ -181,13 +184,21 @@ class _Planner:
             current = []
 
         self.plan.resume_from = st.resumed_from or "latest"
-        if any(p.attempt != st.attempt for p in self.pods):
+        if any(p.attempt != st.attempt and not self._abandoned(p) for p in self.pods):
             return self.plan  # the previous attempt's Pods are still stopping: wait for them
         present = {p.index for p in current}
         self.plan.create = [i for i in range(workers) if i not in present]
         self._phase_from(current)
         self._estimate()
         return self.plan
+
+    def _abandoned(self, pod: PodView) -> bool:
+        """A Pod of an earlier attempt that will never confirm its end: its node is lost
+        (evicted by the node lifecycle controller), or it is past its deletion deadline by
+        more than lostNodeGraceSeconds. A new attempt does not wait for it."""
+        grace = timedelta(seconds=self.settings.lost_node_grace_seconds)
+        overdue = pod.deletion_time is not None and self.now - pod.deletion_time > grace
+        return pod.deleting and (pod.node_lost or overdue)
 
     def _retryable(self) -> bool:
         failed = self.st.condition("Failed")
@@ -344,6 +355,23 @@ class _Planner:
         self.phase(
             Phase.PENDING, "Restarting", f"starting attempt {st.attempt} from the latest checkpoint"
         )
+        return self.plan
+
+    def _resize(self, was: int) -> Plan:
+        """spec.resources.workers changed: the group restarts at its new size from the
+        latest checkpoint (a rendezvous has a fixed world size). Neither a failure nor a
+        lost worker."""
+        st = self.st
+        st.attempt += 1
+        st.resumed_from = "latest"
+        self.delete_active()
+        workers = self.spec.resources.workers
+        message = (
+            f"spec.resources.workers changed from {was} to {workers}: "
+            f"starting attempt {st.attempt} from the latest checkpoint"
+        )
+        self.event("Resized", message)
+        self.phase(Phase.PENDING, "Resized", message)
         return self.plan
 
     def _start(self) -> bool:

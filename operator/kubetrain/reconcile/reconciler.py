@@ -81,7 +81,6 @@ class Reconciler:
         self._last_write: dict[Key, float] = {}
         self._bad_reports: dict[Key, dict[str, str]] = {}  # job -> Pod uid -> report digest
         self._errors: dict[Key, int] = {}  # failed reconciles in a row (backoff)
-        self._set_up: dict[Key, str] = {}  # uid of each job whose children exist
         self._create_failures: dict[Key, int] = {}  # refused Pod creations in a row
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -95,7 +94,6 @@ class Reconciler:
         with self._guard:
             self._locks.pop(key, None)
         self._last_write.pop(key, None)
-        self._set_up.pop(key, None)
         self._create_failures.pop(key, None)
         self._bad_reports.pop(key, None)
         self._errors.pop(key, None)
@@ -173,7 +171,11 @@ class Reconciler:
             return self._invalid(body, validation_message(err), now)
         # Level-based: right after an operator restart too, not only once a status is written.
         metrics.observe_phase(key, str(job.status.phase or ""))
-        pods = [observe_pod(p) for p in self.cache.pods(key)]
+        # Children are this job's by controller owner: a Pod left by an earlier job of the
+        # same name (being garbage-collected) is never counted or adopted.
+        pods = [
+            observe_pod(p) for p in self.cache.pods(key) if controller_uid(p) == job.metadata.uid
+        ]
         decided = plan(job, pods, now=now, settings=self.settings)
         # Actions follow a recorded status (the attempt number above all), so a status
         # that comes with actions is written at once, throttle or not.
@@ -185,8 +187,12 @@ class Reconciler:
             self.cluster.post_event(body, event.type, event.reason, event.message)
         for name in dict.fromkeys(decided.delete):
             self.cluster.delete_pod(key[0], name)
+        if decided.placement is not None and (decided.create or decided.status.phase in _ACTIVE):
+            waiting = self._apply_children(key, job, decided.status.attempt)
+            if waiting is not None:
+                return waiting
         if decided.create:
-            refused = self._create(body, job, decided)
+            refused = self._create_pods(key, body, job, decided)
             if refused is not None:
                 return refused
         self._report_problems(key, body, decided)
@@ -274,26 +280,38 @@ class Reconciler:
         if kept:
             self._bad_reports[key] = kept
 
-    def _create(self, body: JSON, job: TrainingJob, decided: Plan) -> float | None:
-        """Create the job's children, then the missing worker Pods.
+    def _apply_children(self, key: Key, job: TrainingJob, attempt: int) -> float | None:
+        """Bring the claim, ServiceAccount, Role, RoleBinding and Service to their desired
+        state: each is compared with what the watch last saw, and applied (server-side, one
+        field manager) only when it is missing or differs. When a child of that name still
+        belongs to an earlier job of the same name, the job says so (``PodCreationFailed``)
+        and waits: the seconds until the next try."""
+        wanted = [
+            checkpoint_claim(job),
+            service_account(job),
+            role(job, attempt),
+            role_binding(job),
+            headless_service(job, self.settings),
+        ]
+        for desired in (w for w in wanted if w is not None):
+            kind, name = desired["kind"], desired["metadata"]["name"]
+            observed = self.cache.child(key, kind, name)
+            if observed is not None:
+                if controller_uid(observed) != job.metadata.uid:
+                    return self._creation_refused(key, _taken(kind, name))
+                if kind == "PersistentVolumeClaim" or holds(observed, desired):
+                    continue  # a claim's spec is immutable: existing is enough
+            self.cache.put_child(key, self.cluster.apply(desired))
+        return None
 
-        The claim, ServiceAccount and its Role come first (a Pod needs them to be
-        scheduled, admitted and to report); all of them only once per job and operator
-        run, since they never change. When the API server refuses a Pod (admission: a
-        missing PriorityClass, a quota), the job says so in its ``PodCreationFailed``
-        condition and the creation is retried with backoff: the seconds to wait.
+    def _create_pods(self, key: Key, body: JSON, job: TrainingJob, decided: Plan) -> float | None:
+        """Create the attempt's missing worker Pods.
+
+        When the API server refuses a Pod (admission: a missing PriorityClass, a quota),
+        the job says so in its ``PodCreationFailed`` condition and the creation is retried
+        with backoff: the seconds to wait.
         """
         assert decided.placement is not None
-        key, uid = (body["metadata"]["namespace"], body["metadata"]["name"]), job.metadata.uid or ""
-        if self._set_up.get(key) != uid:
-            for child in (
-                checkpoint_claim(job),
-                service_account(job),
-                role(job),
-                role_binding(job),
-            ):
-                if child is not None:
-                    self.cluster.create(child)
         for index in decided.create:
             pod = worker_pod(
                 job,
@@ -303,21 +321,23 @@ class Reconciler:
                 placement=decided.placement,
                 settings=self.settings,
             )
+            name = pod["metadata"]["name"]
             try:
-                self.cluster.create(pod)
+                created = self.cluster.create(pod)
             except ApiException as err:
                 if err.status not in (400, 403, 422):  # not an admission refusal: transient
                     raise
-                message = f"could not create Pod {pod['metadata']['name']}: {_message(err)}"
-                return self._creation_refused(key, message)
+                return self._creation_refused(key, f"could not create Pod {name}: {_message(err)}")
+            if not created and not self._owns_pod(key, job, name):
+                return self._creation_refused(key, _taken("Pod", name))
         if self._create_failures.pop(key, None) is not None:
             self._creation_condition(key, ConditionStatus.FALSE, "PodsCreated", "")
-        if self._set_up.get(key) != uid:
-            service = headless_service(job, self.settings)
-            if service is not None:
-                self.cluster.create(service)
-            self._set_up[key] = uid
         return None
+
+    def _owns_pod(self, key: Key, job: TrainingJob, name: str) -> bool:
+        """Whether the existing Pod ``name`` is this job's (an earlier pass made it)."""
+        found = next((p for p in self.cache.pods(key) if p["metadata"]["name"] == name), None)
+        return found is None or controller_uid(found) == job.metadata.uid
 
     def _creation_refused(self, key: Key, message: str) -> float:
         failures = self._create_failures[key] = self._create_failures.get(key, 0) + 1
@@ -354,6 +374,46 @@ class Reconciler:
         metrics.STATUS_WRITES.inc()
         if status is ConditionStatus.TRUE:
             self.cluster.post_event(body, "Warning", "FailedCreatePod", message)
+
+
+def _taken(kind: str, name: str) -> str:
+    return (
+        f"could not create {kind} {name}: one of that name exists and belongs to another "
+        "owner (an earlier TrainingJob of the same name, being removed?); waiting for it to go"
+    )
+
+
+_ACTIVE = (Phase.PENDING, Phase.QUEUED, Phase.RUNNING, Phase.STOPPING)
+"""Phases in which a job's children must be in their desired state."""
+
+
+def controller_uid(obj: JSON) -> str | None:
+    """The uid of the object's controller owner, if it has one."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)
+
+
+def holds(observed: Any, desired: Any) -> bool:
+    """Whether ``observed`` has every field of ``desired`` (server defaults may add more).
+
+    Metadata is compared by labels only: the rest is the API server's.
+    """
+    if isinstance(desired, dict) and "metadata" in desired and "kind" in desired:
+        labels = desired["metadata"].get("labels") or {}
+        rest = {k: v for k, v in desired.items() if k not in ("metadata", "apiVersion", "kind")}
+        seen = (observed.get("metadata") or {}).get("labels") or {}
+        return holds(seen, labels) and holds(observed, rest)
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            holds(observed.get(k), v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(observed) == len(desired)
+            and all(holds(o, d) for o, d in zip(observed, desired, strict=True))
+        )
+    return bool(observed == desired)
 
 
 def _count_changes(old: TrainingJobStatus, new: TrainingJobStatus) -> None:
