@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kubetrain import metrics
 from kubetrain.kube import Cluster
@@ -18,6 +18,14 @@ from kubetrain.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class Gate(Protocol):
+    """Whether this replica may act (a ``threading.Event``, or the leader's Leadership)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
 class Controller:
     """Feeds watch events into the cache and queue; workers reconcile queued jobs."""
 
@@ -25,7 +33,7 @@ class Controller:
         self.cache = Cache()
         self.queue: WorkQueue[Key] = WorkQueue()
         self.reconciler = Reconciler(cluster, self.cache, settings)
-        self.active = threading.Event()  # set while this replica leads (always, standalone)
+        self.active: Gate = threading.Event()  # set while this replica leads (always, standalone)
         self._stopped = threading.Event()
         self._workers = [
             threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
@@ -94,6 +102,10 @@ class Controller:
                 continue  # a standby keeps its cache warm but does not act
             key = self.queue.get(timeout=1.0)
             if key is None:
+                continue
+            if not self.active.is_set():  # leadership ran out while this worker waited
+                self.queue.done(key)
+                self.queue.add(key)
                 continue
             try:
                 again = self.reconciler.reconcile(key)

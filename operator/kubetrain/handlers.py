@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     controller = Controller(cluster, operator_settings, workers=workers)
     memo["controller"] = controller
     if memo.get("standalone"):
-        controller.active.set()
+        standalone = threading.Event()
+        standalone.set()
+        controller.active = standalone
     else:
         elector = LeaderElector(
             api,

@@ -1,17 +1,21 @@
 """Leader election on a coordination.k8s.io Lease: among operator replicas, one acts.
 
-Every replica watches and caches; only the holder of the Lease reconciles. A holder that
-stops renewing loses the Lease after ``lease_seconds``, and a standby takes over with a
-warm cache. Writes stay guarded by resourceVersion preconditions, so even a replica that
-has not yet noticed it lost the Lease cannot overwrite newer state.
+Every replica watches and caches; only the holder of the Lease reconciles. Time is never
+compared across machines: a standby takes the Lease only after it has seen the Lease
+record unchanged for the whole lease duration on its own monotonic clock (as client-go
+does), and a leader stops acting once it has not renewed for the renew deadline, which
+is shorter than the lease duration. A leader that was paused (SIGSTOP, a long GC, a
+frozen VM) therefore finds its leadership expired the moment it runs again, before it
+can act; writes stay guarded by resourceVersion preconditions besides.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -23,6 +27,35 @@ log = logging.getLogger(__name__)
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class Leadership:
+    """Whether this replica may act now: held, and renewed within the renew deadline.
+
+    Reads like a ``threading.Event`` (``is_set``, ``wait``) so workers can block on it.
+    """
+
+    def __init__(self, renew_deadline: float, clock: Callable[[], float]) -> None:
+        self.renew_deadline, self._clock = renew_deadline, clock
+        self._held = threading.Event()
+        self._renewed_at = float("-inf")
+
+    def renewed(self) -> None:
+        self._renewed_at = self._clock()
+        self._held.set()
+
+    def lost(self) -> None:
+        self._held.clear()
+
+    def held(self) -> bool:
+        """The Lease is ours as far as the last renewal knows (stale or not)."""
+        return self._held.is_set()
+
+    def is_set(self) -> bool:
+        return self._held.is_set() and self._clock() - self._renewed_at < self.renew_deadline
+
+    def wait(self, timeout: float) -> bool:
+        return self._held.wait(timeout) and self.is_set()
 
 
 class LeaderElector:
@@ -37,14 +70,21 @@ class LeaderElector:
         *,
         lease_seconds: int = 15,
         on_elected: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = client.CoordinationV1Api(api_client)
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds = lease_seconds
-        # A renewal that hangs must give up before the Lease could expire under it.
-        self._timeout = (5.0, max(lease_seconds / 3, 1.0))
+        # client-go's proportions (15 s lease, 10 s renew deadline, 2 s retry period).
+        self.renew_deadline = lease_seconds * 2 / 3
+        self.retry_period = max(lease_seconds / 7.5, 0.2)
+        # A renewal that hangs must give up before the renew deadline runs out under it.
+        self._timeout = (min(5.0, self.renew_deadline / 2), max(self.renew_deadline / 2, 1.0))
         self.on_elected = on_elected
-        self.leading = threading.Event()
+        self._clock = clock
+        self.leading = Leadership(self.renew_deadline, clock)
+        self._observed: tuple[Any, ...] | None = None  # the Lease record last seen
+        self._observed_at = 0.0  # when it last changed, on our clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
 
@@ -67,22 +107,26 @@ class LeaderElector:
             except (HTTPError, OSError) as err:
                 log.warning("leader election: no answer from the API server: %s", err)
                 held = False
-            if held and not self.leading.is_set():
-                log.info("became the leader (%s/%s)", self.namespace, self.name)
-                self.leading.set()
-                self.on_elected()
-            elif not held and self.leading.is_set():
+            if held:
+                elected = not self.leading.held()
+                self.leading.renewed()
+                if elected:
+                    log.info(
+                        "became the leader (%s/%s) as %s", self.namespace, self.name, self.identity
+                    )
+                    self.on_elected()
+            elif self.leading.held() and not self.leading.is_set():
+                # One failed renewal is not the end: only the renew deadline is.
                 log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
-                self.leading.clear()
-            self._stop.wait(self.lease_seconds / 3)
+                self.leading.lost()
+            self._stop.wait(self.retry_period)
 
     def _try(self) -> bool:
-        """Create, renew or take over the Lease; True while we hold it."""
-        now = _now()
+        """Create, renew or take over the Lease; True when we hold it now."""
         spec: dict[str, Any] = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
-            "renewTime": now.isoformat(timespec="microseconds"),
+            "renewTime": _now().isoformat(timespec="microseconds"),
         }
         try:
             lease: Any = self.api.read_namespaced_lease(
@@ -105,11 +149,13 @@ class LeaderElector:
                 raise
             return True
         holder = lease.spec.holder_identity
-        renewed = lease.spec.renew_time or lease.spec.acquire_time
+        record = (holder, lease.spec.renew_time, lease.metadata.resource_version)
+        now = self._clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
         duration = lease.spec.lease_duration_seconds or self.lease_seconds
-        expired = renewed is None or renewed + timedelta(seconds=duration) < now
-        if holder not in (self.identity, None, "") and not expired:
-            return False
+        if holder not in (self.identity, None, "") and now - self._observed_at < duration:
+            return False  # someone else's, renewed within a lease duration as we saw it
         if holder != self.identity:
             spec["acquireTime"] = spec["renewTime"]
         version = lease.metadata.resource_version  # the update fails if anyone got there first
