@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from tests.integration.operator_fixtures import OperatorProcess, operator_identi
 
 class E2EOperator(OperatorProcess):
     """The operator with its built-in GPU catalogue, serving only e2e-* namespaces."""
+
+    def start(self) -> None:
+        # A worker on a node that stopped reporting is lost 5 s after the node is NotReady.
+        os.environ["KUBETRAIN_LOST_NODE_GRACE_SECONDS"] = "5"
+        try:
+            super().start()
+        finally:
+            del os.environ["KUBETRAIN_LOST_NODE_GRACE_SECONDS"]
 
     def argv(self) -> list[str]:
         argv = super().argv()

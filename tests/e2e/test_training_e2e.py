@@ -11,6 +11,7 @@ import yaml
 from kubernetes import client
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.localcluster.nodeagent import NodeAgent
 from tests.integration.operator_fixtures import OperatorProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +125,33 @@ def test_a_killed_trainer_pod_is_replaced_and_resumes(job: Job) -> None:
     resumed = re.search(r"resuming from checkpoint (\S+) \(step (\d+)\)", log)
     assert resumed, log[-2000:]
     assert int(resumed[2]) >= saved  # the checkpoint that existed when the Pod was killed, or later
+
+
+def test_a_lost_node_never_blocks_the_job_it_resumes_on_another_node(
+    job: Job, node_agent: NodeAgent
+) -> None:
+    job.create(tiny_lora("tiny"))
+    before = job.until(lambda s: _step(s) >= 8 and s.get("latestCheckpoint"), "a checkpoint")
+    saved = max(c["step"] for c in before["checkpoints"])
+    lost = job.core.read_namespaced_pod("tiny-worker-0-a1", job.ns).spec.node_name
+    node_agent.lose_node(lost)  # heartbeats stop, the trainer dies without a checkpoint
+    try:
+        job.until(
+            lambda s: s.get("attempt") == 2 and s.get("restarts") == 1,
+            "a new attempt once the node is lost (a restart, not a failure)",
+        )
+        done = job.until(lambda s: s.get("phase") == "Completed", "Completed on another node")
+        assert done.get("failures", 0) == 0
+        assert _step(done) == done["progress"]["totalSteps"]
+        second = job.core.read_namespaced_pod("tiny-worker-0-a2", job.ns)
+        assert second.spec.node_name != lost
+        stuck = job.core.read_namespaced_pod("tiny-worker-0-a1", job.ns)
+        assert stuck.metadata.deletion_timestamp is not None  # still Terminating: not waited for
+        log = job.core.read_namespaced_pod_log("tiny-worker-0-a2", job.ns)
+        resumed = re.search(r"resuming from checkpoint (\S+) \(step (\d+)\)", log)
+        assert resumed and int(resumed[2]) >= saved, log[-2000:]
+    finally:
+        node_agent.restore_node(lost)
 
 
 def test_a_tiny_vision_job_completes_with_an_onnx_model_on_its_volume(

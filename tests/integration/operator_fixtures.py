@@ -108,7 +108,7 @@ class FakeNodes:
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(10):
+        while not self._stop.wait(4):  # the local control plane's node-monitor grace is 20 s
             for name, product in FAKE_NODES.items():
                 with contextlib.suppress(Exception):
                     self.core.patch_node_status(name, {"status": _node_status(product)})

@@ -271,6 +271,10 @@ class ControlPlane:
                 f"--cluster-signing-key-file={d / 'ca.key'}",
                 "--use-service-account-credentials=true",
                 "--controllers=*",
+                # A node that stops reporting is NotReady after 20 s (default 50 s), so
+                # node-loss handling can be seen in a test; the agents renew every 4 s.
+                "--node-monitor-grace-period=20s",
+                "--node-monitor-period=2s",
                 *common,
             ]
         if name == "kube-scheduler":

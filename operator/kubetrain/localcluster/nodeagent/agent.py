@@ -123,6 +123,8 @@ class NodeAgent:
         self._last_ip: str | None = None
         self._network = network.pod_network(str(self.layout.root))
         self._hosts_memo: dict[tuple[int, int, str, str, str], str] = {}
+        self._heartbeat: NodeHeartbeat | None = None
+        self._lost: set[str] = set()
 
     @property
     def node_names(self) -> list[str]:
@@ -147,6 +149,7 @@ class NodeAgent:
         try:
             heartbeat = NodeHeartbeat(kube, self.nodes, self.name, kubelet_port=kubelet_port)
             heartbeat.register(time.time())
+            self._heartbeat = heartbeat
             ensure_storage_class(kube)
         except ApiError as err:
             self._logs.stop()
@@ -219,6 +222,25 @@ class NodeAgent:
             self._kube.close()
             self._kube = None
 
+    def lose_node(self, node: str) -> None:
+        """The node dies, as far as the cluster can tell: its heartbeat stops, its
+        containers are killed (no SIGTERM, no checkpoint) and nothing more is reported
+        about its Pods. The control plane notices after its node-monitor grace period."""
+        assert self._heartbeat is not None, "the agent is not running"
+        self._lost.add(node)
+        self._heartbeat.silent.add(node)
+        for pod in self._pods.snapshot():
+            worker = self.workers.get(str(pod["metadata"]["uid"]))
+            if worker is not None and pod.get("spec", {}).get("nodeName") == node:
+                worker.stop_all(signal.SIGKILL)
+
+    def restore_node(self, node: str) -> None:
+        """The node is back: heartbeats resume, and its Pods are served again."""
+        assert self._heartbeat is not None, "the agent is not running"
+        self._lost.discard(node)
+        self._heartbeat.silent.discard(node)
+        self._heartbeat.beat(time.time(), force=True)
+
     def __enter__(self) -> NodeAgent:
         self.start()
         return self
@@ -242,7 +264,7 @@ class NodeAgent:
 
     def _sync(self) -> None:
         now = time.time()
-        nodes = set(self.node_names)
+        nodes = set(self.node_names) - self._lost
         bound = {
             str(p["metadata"]["uid"]): p
             for p in self._pods.snapshot()

@@ -21,7 +21,7 @@ from kubetrain.localcluster.nodeagent.timeutil import micro_time, parse_time, rf
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 40
-LEASE_RENEW_SECONDS = 10.0
+LEASE_RENEW_SECONDS = 4.0  # the local control plane's node-monitor grace is 20 s
 STATUS_SECONDS = 60.0
 HOST_IP = "127.0.0.1"
 LEASE_NAMESPACE = "kube-node-lease"
@@ -133,6 +133,7 @@ class NodeHeartbeat:
         self._version = ""
         self._last_status = 0.0
         self._last_lease = 0.0
+        self.silent: set[str] = set()  # nodes whose heartbeat stopped (a lost node)
 
     def register(self, now: float) -> None:
         """Create (or relabel) every node, post its status and renew its Lease."""
@@ -142,12 +143,13 @@ class NodeHeartbeat:
         self.beat(now, force=True)
 
     def beat(self, now: float, *, force: bool = False) -> None:
+        beating = [spec for spec in self.specs if spec.name not in self.silent]
         if force or now - self._last_status >= STATUS_SECONDS:
-            for spec in self.specs:
+            for spec in beating:
                 self._post_status(spec, now)
             self._last_status = now
         if force or now - self._last_lease >= LEASE_RENEW_SECONDS:
-            for spec in self.specs:
+            for spec in beating:
                 self._renew_lease(spec.name, now)
             self._last_lease = now
 
