@@ -248,7 +248,7 @@ def main() -> int:
                 name = f"job-{i:04d}"
                 patched[name] = time.monotonic()
                 core.patch_namespaced_pod(
-                    f"{name}-worker-0",
+                    f"{name}-worker-0-a1",
                     NS,
                     {"metadata": {"annotations": {ANNOTATION: json.dumps(report)}}},
                 )
@@ -294,7 +294,7 @@ def main() -> int:
 
             def finish(i: int) -> None:
                 core.patch_namespaced_pod_status(
-                    f"job-{i:04d}-worker-0",
+                    f"job-{i:04d}-worker-0-a1",
                     NS,
                     {
                         "status": {

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="probe URL")
     parser.add_argument("--status-interval-seconds", type=float, help="status write throttle")
     parser.add_argument("--resync-seconds", type=float, help="re-evaluation period")
+    parser.add_argument(
+        "--report-interval-seconds", type=float, help="how often trainers report progress"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         status_interval_seconds=args.status_interval_seconds,
         resync_seconds=args.resync_seconds,
+        report_interval_seconds=args.report_interval_seconds,
     )
     memo = kopf.Memo(
         settings=settings,

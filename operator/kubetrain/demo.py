@@ -95,6 +95,8 @@ def start_operator(workdir: Path, kubeconfig: Path) -> None:
         "1",
         "--resync-seconds",
         "3",
+        "--report-interval-seconds",  # a lively screen for a job that lasts a minute
+        "2",
     ]
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     record_extra(workdir, "operator", process.pid, sys.executable)

@@ -244,9 +244,10 @@ def trainer_config(spec: TrainingJobSpec) -> str:
 
 
 def _env(
-    job: TrainingJob, index: int, resume_from: str, placement: Placement, port: int
+    job: TrainingJob, index: int, resume_from: str, placement: Placement, settings: Settings
 ) -> list[JSON]:
     spec, name = job.spec, _name(job)
+    port, report_interval = settings.master_port, settings.report_interval_seconds
     workers, per_node = spec.resources.workers, max(placement.gpus_per_worker, 1)
     env: list[JSON] = [
         {"name": "KUBETRAIN_JOB_NAME", "value": name},
@@ -256,6 +257,7 @@ def _env(
         {"name": "KUBETRAIN_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT},
         {"name": "KUBETRAIN_OUTPUT_DIR", "value": f"{CHECKPOINT_MOUNT}/{OUTPUT_SUBDIR}"},
         {"name": "KUBETRAIN_PROGRESS_ANNOTATION", "value": ANNOTATION},
+        {"name": "KUBETRAIN_REPORT_INTERVAL_SECONDS", "value": f"{report_interval:g}"},
         {"name": "RESUME_FROM", "value": resume_from},
     ]
     dataset = spec.dataset
@@ -337,7 +339,7 @@ def worker_pod(
         "image": image,
         "imagePullPolicy": settings.images.pull_policy,
         "command": command,
-        "env": _env(job, index, resume_from, placement, settings.master_port),
+        "env": _env(job, index, resume_from, placement, settings),
         "resources": _resources(placement),
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],

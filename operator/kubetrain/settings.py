@@ -45,6 +45,30 @@ class Settings(BaseModel):
     status_interval_seconds: float = Field(
         default=3.0, ge=0, description="At most one progress-only status write per job per this."
     )
+    usage_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "At most one status write per job per this when only clock-driven fields moved "
+            "(GPU hours, cost, elapsed time, ETA); decisions always use the exact values."
+        ),
+    )
+    status_writes_per_second: float = Field(
+        default=50.0,
+        gt=0,
+        description=(
+            "Budget of throttled (progress and usage) status writes across all jobs; phase, "
+            "condition and checkpoint changes are never held back by it."
+        ),
+    )
+    report_interval_seconds: float = Field(
+        default=12.0,
+        gt=0,
+        description=(
+            "How often a trainer reports progress (KUBETRAIN_REPORT_INTERVAL_SECONDS); "
+            "checkpoints, epoch ends and state changes are reported at once."
+        ),
+    )
     resync_seconds: float = Field(
         default=15.0, gt=0, description="How often running jobs are re-evaluated (ETA, cost)."
     )

@@ -237,6 +237,8 @@ class OperatorProcess:
             "1",
             "--resync-seconds",
             "2",
+            "--report-interval-seconds",  # tiny jobs last seconds: report often
+            "1",
         ]
 
     def start(self) -> None:

@@ -52,6 +52,47 @@ _SIGNIFICANT = (
 """Status fields whose change is written at once; other changes wait for the throttle."""
 
 
+class TokenBucket:
+    """``rate`` tokens a second, up to ``rate`` banked: the operator-wide write budget."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self._clock = rate, clock
+        self._tokens, self._at = rate, clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 when a token was taken, else the seconds until one is there."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / self.rate
+
+
+_CLOCK_DRIVEN = {
+    "resourceUsage": None,
+    "estimatedCompletionTime": None,
+    "progress": ("elapsedSeconds", "remainingSeconds"),
+    "estimatedCost": ("totalUSD",),
+}
+"""Status fields that move with the clock alone, between reports."""
+
+
+def _clock_only(status: JSON) -> JSON:
+    """``status`` without its clock-driven fields: equal before and after means only the
+    clock moved."""
+    rest = dict(status)
+    for name, inner in _CLOCK_DRIVEN.items():
+        if inner is None or name not in rest:
+            rest.pop(name, None)
+        else:
+            rest[name] = {k: v for k, v in rest[name].items() if k not in inner}
+    return rest
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -81,6 +122,7 @@ class Reconciler:
         self._last_write: dict[Key, float] = {}
         self._bad_reports: dict[Key, dict[str, str]] = {}  # job -> Pod uid -> report digest
         self._errors: dict[Key, int] = {}  # failed reconciles in a row (backoff)
+        self._budget = TokenBucket(settings.status_writes_per_second)
         self._create_failures: dict[Key, int] = {}  # refused Pod creations in a row
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -218,13 +260,21 @@ class Reconciler:
     ) -> float | None:
         """Write the planned status if it changed; seconds to wait when throttled."""
         new = decided.status
-        if _dump(new) == _dump(old):
+        dumped = _dump(new)
+        if dumped == _dump(old):
             return None
-        significant = any(getattr(new, f) != getattr(old, f) for f in _SIGNIFICANT)
-        since = time.monotonic() - self._last_write.get(key, 0.0)
-        interval = self.settings.status_interval_seconds
-        if not significant and not force and since < interval:
-            return interval - since
+        significant = force or any(getattr(new, f) != getattr(old, f) for f in _SIGNIFICANT)
+        if not significant:
+            since = time.monotonic() - self._last_write.get(key, 0.0)
+            interval = (
+                self.settings.usage_interval_seconds
+                if _clock_only(dumped) == _clock_only(_dump(old))
+                else self.settings.status_interval_seconds
+            )
+            if since < interval:
+                return interval - since
+            if (wait := self._budget.take()) > 0:
+                return wait
         updated = dict(body, status=_dump(new))
         written = self.cluster.replace_status(updated)
         self.cache.put_job(written)
