@@ -19,16 +19,16 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import job, operator_metrics  # noqa: E402
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
@@ -43,36 +43,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def job(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "modelType": "llm",
-            "dataset": {"synthetic": {"samples": 64}},
-            "llm": {"baseModel": "tiny"},
-            "resources": {"gpuType": "cpu"},
-            "checkpoint": {"existingClaimName": "shared"},
-        },
-    }
-
-
 def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("kubetrain_api_requests_total{"):
-            out[line.split('verb="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {k: v for k, v in operator_metrics(port).items() if k != "status"}
 
 
 def status_writes(port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith("kubetrain_status_writes_total "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return operator_metrics(port).get("status", 0.0)
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +31,8 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
+from benchlib import job, operator_metrics  # noqa: E402
+
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
 from kubetrain.localcluster.ports import free_ports  # noqa: E402
@@ -41,32 +42,6 @@ from kubetrain.settings import Settings  # noqa: E402
 NS = "steady"
 WRITES = ("create", "update", "apply", "delete", "patch")
 GOAL = 3.0
-
-
-def job(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "modelType": "llm",
-            "dataset": {"synthetic": {"samples": 64}},
-            "llm": {"baseModel": "tiny"},
-            "resources": {"gpuType": "cpu"},
-            "checkpoint": {"existingClaimName": "shared"},
-        },
-    }
-
-
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("kubetrain_api_requests_total{"):
-            out[line.split('verb="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("kubetrain_status_writes_total "):
-            out["status"] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -138,7 +113,7 @@ def main() -> int:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    metrics(port)
+                    operator_metrics(port)
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -215,12 +190,12 @@ def main() -> int:
             threading.Thread(target=trainers, daemon=True).start()
             threading.Thread(target=watch_jobs, daemon=True).start()
             time.sleep(2 * interval)  # warm up: every job reported twice, status caught up
-            before, cpu0, reports0 = metrics(port), cpu_seconds(operator.pid), reports[0]
+            before, cpu0, reports0 = operator_metrics(port), cpu_seconds(operator.pid), reports[0]
             measuring.set()
             started = time.monotonic()
             time.sleep(window)
             elapsed = time.monotonic() - started
-            after, cpu1, reports1 = metrics(port), cpu_seconds(operator.pid), reports[0]
+            after, cpu1, reports1 = operator_metrics(port), cpu_seconds(operator.pid), reports[0]
             stop.set()
             rss = rss_mb(operator.pid)
         finally:
@@ -250,7 +225,7 @@ def main() -> int:
         ordered = sorted(shown)
         p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
         print(
-            f"  report -> status: p50 {statistics.median(shown):.1f}s p99 {p99:.1f}s; progress "
+            f"  report -> status: p50 {statistics.median(shown):.2f}s p99 {p99:.2f}s; progress "
             f"in status at most {interval + p99:.0f}s stale (report interval + p99)   goal <= 15s"
         )
     print(

@@ -64,28 +64,21 @@ class Controller:
         self.queue.add(key)
 
     def pod_event(self, event: Mapping[str, Any]) -> None:
-        body = event.get("object") or {}
-        meta = body.get("metadata") or {}
-        job = (meta.get("labels") or {}).get(LABEL_JOB)
-        if not job:
-            return
-        key: Key = (meta.get("namespace", ""), job)
-        if event.get("type") == "DELETED":
-            self.cache.drop_pod(key, meta.get("name", ""))
-        else:
-            self.cache.put_pod(key, body)
-        self.queue.add(key)
+        self.child_event(event, "Pod")
 
     def child_event(self, event: Mapping[str, Any], kind: str) -> None:
-        """A claim, ServiceAccount, Role, RoleBinding or Service of a job changed."""
+        """A worker Pod, claim, ServiceAccount, Role, RoleBinding or Service of a job changed."""
         body = event.get("object") or {}
         meta = body.get("metadata") or {}
         job = (meta.get("labels") or {}).get(LABEL_JOB)
         if not job:
             return
         key: Key = (meta.get("namespace", ""), job)
-        if event.get("type") == "DELETED":
-            self.cache.drop_child(key, kind, meta.get("name", ""))
+        name, deleted = meta.get("name", ""), event.get("type") == "DELETED"
+        if kind == "Pod":
+            self.cache.drop_pod(key, name) if deleted else self.cache.put_pod(key, body)
+        elif deleted:
+            self.cache.drop_child(key, kind, name)
         else:
             self.cache.put_child(key, dict(body, kind=kind))
         self.queue.add(key)

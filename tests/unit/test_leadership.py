@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from kubetrain.leader import Leadership
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 def test_leadership_lapses_at_the_renew_deadline_without_any_renewal_failing() -> None:

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from kubetrain.reconcile.reconciler import TokenBucket, _clock_only
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 def test_the_bucket_banks_one_second_of_writes_and_refills_at_its_rate() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     bucket = TokenBucket(4.0, clock)
     assert [bucket.take() for _ in range(4)] == [0.0] * 4
     assert bucket.take() == 0.25  # the next token in a quarter of a second

@@ -1,0 +1,37 @@
+"""What the operator benchmarks share: the job they apply and the operator's own counters."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from kubetrain.api.base import GROUP, VERSION
+
+
+def job(name: str) -> dict[str, Any]:
+    """A one-worker cpu job on an existing claim: nothing for a provisioner to do."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "modelType": "llm",
+            "dataset": {"synthetic": {"samples": 64}},
+            "llm": {"baseModel": "tiny"},
+            "resources": {"gpuType": "cpu"},
+            "checkpoint": {"existingClaimName": "shared"},
+        },
+    }
+
+
+def operator_metrics(port: int) -> dict[str, float]:
+    """API requests the reconciler sent, by verb, and ``status``: its status writes."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kubetrain_api_requests_total{"):
+            out[line.split('verb="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kubetrain_status_writes_total "):
+            out["status"] = float(line.rsplit(" ", 1)[1])
+    return out
