@@ -165,34 +165,13 @@ def operator_config(tmp: Path) -> Path:
 
 
 def operator_identity(cluster: ControlPlane, core: client.CoreV1Api, tmp: Path) -> Path:
-    """A kubeconfig for a ServiceAccount bound to config/rbac's ClusterRole, and nothing else.
+    """A kubeconfig for the ServiceAccount config/rbac makes, bound to its ClusterRole.
 
-    Running the operator under it proves that ClusterRole is enough.
+    Running the operator under it proves the plain manifests are enough.
     """
     kubectl = [str(find_binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig)]
     subprocess.run(
         [*kubectl, "apply", "-f", str(ROOT / "config" / "rbac")], check=True, capture_output=True
-    )
-    with contextlib.suppress(ApiException):
-        core.create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name="kubetrain-system"))
-        )
-    with contextlib.suppress(ApiException):
-        core.create_namespaced_service_account(
-            "kubetrain-system",
-            client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="kubetrain-operator")),
-        )
-    subprocess.run(
-        [
-            *kubectl,
-            "create",
-            "clusterrolebinding",
-            "kubetrain-operator",
-            "--clusterrole=kubetrain-operator",
-            "--serviceaccount=kubetrain-system:kubetrain-operator",
-        ],
-        check=False,
-        capture_output=True,
     )
     token = core.create_namespaced_service_account_token(
         "kubetrain-operator",
