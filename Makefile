@@ -56,6 +56,7 @@ lint: ## ruff, mypy --strict, import contracts
 crds: ## regenerate crds/ and the chart's copies (CRD from the models, operator ClusterRole)
 	$(PY) -m kubetrain.api.crd --out crds --chart-out charts/kubetrain/files/crds
 	cp config/rbac/operator-clusterrole.yaml charts/kubetrain/files/rbac/
+	cp config/trainer-policy.yaml charts/kubetrain/files/
 
 bench: ## the benchmarks, printing their figures
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -94,7 +94,12 @@ def main() -> int:
         api.configuration.connection_pool_maxsize = 32
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         kubectl = [find_binary("kubectl"), "--kubeconfig", plane.kubeconfig]
-        for manifest in (ROOT / "crds", ROOT / "config" / "priorityclasses.yaml"):
+        config_dir = ROOT / "config"
+        for manifest in (
+            ROOT / "crds",
+            config_dir / "priorityclasses.yaml",
+            config_dir / "trainer-policy.yaml",
+        ):
             subprocess.run([*kubectl, "apply", "-f", manifest], check=True, capture_output=True)
         subprocess.run(
             [*kubectl, "wait", "--for=condition=Established", "crd/trainingjobs.kubetrain.io"],

@@ -67,7 +67,7 @@ class Controller:
         self.child_event(event, "Pod")
 
     def child_event(self, event: Mapping[str, Any], kind: str) -> None:
-        """A worker Pod, claim, ServiceAccount, Role, RoleBinding or Service of a job changed."""
+        """A worker Pod, checkpoint claim or headless Service of a job changed."""
         body = event.get("object") or {}
         meta = body.get("metadata") or {}
         job = (meta.get("labels") or {}).get(LABEL_JOB)
@@ -82,6 +82,20 @@ class Controller:
         else:
             self.cache.put_child(key, dict(body, kind=kind))
         self.queue.add(key)
+
+    def identity_event(self, event: Mapping[str, Any], kind: str) -> None:
+        """The namespace's trainer ServiceAccount, Role or RoleBinding changed: every job
+        there depends on it."""
+        body = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        if event.get("type") == "DELETED":
+            self.cache.drop_shared(namespace, kind, name)
+        else:
+            self.cache.put_shared(dict(body, kind=kind))
+        for job in self.cache.jobs():
+            if job["metadata"]["namespace"] == namespace:
+                self.queue.add((namespace, job["metadata"]["name"]))
 
     def resync(self) -> None:
         """Queue every known job: on becoming the leader, take stock of everything."""

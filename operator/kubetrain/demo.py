@@ -115,7 +115,14 @@ def install(kubeconfig: Path) -> None:
         capture_output=True,
     )
     subprocess.run(
-        [*kubectl, "apply", "-f", str(repo_root() / "config" / "priorityclasses.yaml")],
+        [
+            *kubectl,
+            "apply",
+            "-f",
+            str(repo_root() / "config" / "priorityclasses.yaml"),
+            "-f",
+            str(repo_root() / "config" / "trainer-policy.yaml"),
+        ],
         check=True,
         capture_output=True,
     )

@@ -18,7 +18,7 @@ from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.controller import Controller
 from kubetrain.kube import Cluster
 from kubetrain.leader import LeaderElector
-from kubetrain.render import LABEL_JOB, MANAGED_BY
+from kubetrain.render import LABEL_JOB, LABEL_TRAINER_IDENTITY, MANAGED_BY, TRAINER_POLICY
 from kubetrain.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,13 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     workers = int(memo.get("workers", 8))
     api = memo["api_client"] = _api_client(memo.get("kubeconfig"), pool=workers * 2 + 2)
     cluster = Cluster(api)
+    if not cluster.has_admission_policy(TRAINER_POLICY):
+        # Without it every trainer could patch any Pod of its namespace.
+        raise kopf.PermanentError(
+            f"the ValidatingAdmissionPolicy {TRAINER_POLICY} (and its binding) is not "
+            "installed: it holds each trainer to its own Pod. Install it with the chart, or "
+            "kubectl apply -f config/trainer-policy.yaml"
+        )
     controller = Controller(cluster, operator_settings, workers=workers)
     memo["controller"] = controller
     if memo.get("standalone"):
@@ -117,26 +124,33 @@ def worker_pod(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
 
 
 _CHILD_LABELS: Any = {LABEL_JOB: kopf.PRESENT, "app.kubernetes.io/managed-by": MANAGED_BY}
+_IDENTITY_LABELS: Any = {
+    LABEL_TRAINER_IDENTITY: kopf.PRESENT,
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+}
 
 
-def _watch_children(group: str, version: str, plural: str, kind: str) -> None:
-    """The job's other children, so each pass compares them with their desired state."""
+def _watch(group: str, version: str, plural: str, kind: str, *, shared: bool) -> None:
+    """Children, so each pass compares them with their desired state: a job's own, or the
+    namespace's trainer identity that every job there shares."""
 
     def child(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        memo["controller"].child_event(event, kind)
+        controller = memo["controller"]
+        if shared:
+            controller.identity_event(event, kind)
+        else:
+            controller.child_event(event, kind)
 
-    child.__name__ = f"child_{plural}"
-    kopf.on.event(group, version, plural, labels=_CHILD_LABELS, id=f"child-{plural}")(child)
+    child.__name__ = f"{'identity' if shared else 'child'}_{plural}"
+    labels = _IDENTITY_LABELS if shared else _CHILD_LABELS
+    kopf.on.event(group, version, plural, labels=labels, id=child.__name__)(child)
 
 
-for _group, _version, _plural, _kind in (
-    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
-    ("", "v1", "serviceaccounts", "ServiceAccount"),
-    ("", "v1", "services", "Service"),
-    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
-):
-    _watch_children(_group, _version, _plural, _kind)
+_watch("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", shared=False)
+_watch("", "v1", "services", "Service", shared=False)
+_watch("", "v1", "serviceaccounts", "ServiceAccount", shared=True)
+_watch("rbac.authorization.k8s.io", "v1", "roles", "Role", shared=True)
+_watch("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", shared=True)
 
 
 @kopf.on.probe(id="queued")

@@ -109,6 +109,18 @@ class Cluster:
             response.release_conn()
         return dict(stored, kind=kind)
 
+    def has_admission_policy(self, name: str) -> bool:
+        """Whether the ValidatingAdmissionPolicy ``name`` and its binding are installed."""
+        admission = client.AdmissionregistrationV1Api(self.core.api_client)
+        try:
+            admission.read_validating_admission_policy(name, _request_timeout=TIMEOUT)
+            admission.read_validating_admission_policy_binding(name, _request_timeout=TIMEOUT)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
         self._count("delete")

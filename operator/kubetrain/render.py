@@ -51,10 +51,6 @@ def checkpoint_claim_name(job: TrainingJob) -> str:
     return job.spec.checkpoint.existing_claim_name or f"{_name(job)}-checkpoints"
 
 
-def service_account_name(job: str) -> str:
-    return f"{job}-trainer"
-
-
 def _name(job: TrainingJob) -> str:
     assert job.metadata.name, "a stored TrainingJob always has a name"
     return job.metadata.name
@@ -116,47 +112,50 @@ def checkpoint_claim(job: TrainingJob) -> JSON | None:
     }
 
 
-def service_account(job: TrainingJob) -> JSON:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _metadata(job, service_account_name(_name(job)), "trainer"),
-    }
+TRAINER_IDENTITY = "kubetrain-trainer"
+"""The ServiceAccount, Role and RoleBinding every trainer of a namespace runs as."""
+LABEL_TRAINER_IDENTITY = "kubetrain.io/trainer-identity"
+TRAINER_POLICY = "kubetrain-trainer-own-pod"
+"""The ValidatingAdmissionPolicy (config/trainer-policy.yaml) that holds each trainer to
+its own Pod: the Role alone would let it patch any Pod of the namespace."""
 
 
-def role(job: TrainingJob, attempt: int) -> JSON:
-    """Lets the trainers read and patch their own Pods (progress reports), nothing else.
+def trainer_identity(namespace: str) -> list[JSON]:
+    """The namespace's trainer ServiceAccount, with a Role to read and patch Pods.
 
-    It names the Pods of ``attempt`` and of the one before, whose workers may still be
-    reporting their last checkpoint while they stop.
+    One set per namespace, not per job: every job's workers share it, and the admission
+    policy ``TRAINER_POLICY`` narrows it to the Pod each token is bound to and to its
+    annotations. Not owned by a job (it outlives each one; the namespace takes it along).
     """
-    name = _name(job)
-    workers = range(job.spec.resources.workers)
-    pods = [pod_name(name, i, a) for a in range(max(attempt - 1, 1), attempt + 1) for i in workers]
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _metadata(job, service_account_name(name), "trainer"),
-        "rules": [
-            {
-                "apiGroups": [""],
-                "resources": ["pods"],
-                "resourceNames": pods,
-                "verbs": ["get", "patch"],
-            }
-        ],
+    meta: JSON = {
+        "name": TRAINER_IDENTITY,
+        "namespace": namespace,
+        "labels": {
+            "app.kubernetes.io/name": "kubetrain",
+            "app.kubernetes.io/component": "trainer",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            LABEL_TRAINER_IDENTITY: "true",
+        },
     }
-
-
-def role_binding(job: TrainingJob) -> JSON:
-    name = service_account_name(_name(job))
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _metadata(job, name, "trainer"),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.metadata.namespace}],
-    }
+    group = "rbac.authorization.k8s.io"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+        },
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": group, "kind": "Role", "name": TRAINER_IDENTITY},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": TRAINER_IDENTITY, "namespace": namespace}
+            ],
+        },
+    ]
 
 
 def headless_service(job: TrainingJob, settings: Settings) -> JSON | None:
@@ -354,7 +353,7 @@ def worker_pod(
         container["args"] = list(spec.args)
     pod_spec: JSON = {
         "restartPolicy": "Never",
-        "serviceAccountName": service_account_name(name),
+        "serviceAccountName": TRAINER_IDENTITY,
         "hostname": worker_hostname(name, index),
         "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
         "securityContext": {

@@ -36,11 +36,13 @@ FAKE_NODES = {
 
 
 def apply_crds(cluster: ControlPlane) -> None:
+    """The cluster-scoped manifests a user applies without Helm: the CRD, the trainer policy."""
     subprocess.run(
-        [find_binary("kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f", ROOT / "crds"],
+        [find_binary("kubectl"), "--kubeconfig", cluster.kubeconfig, "apply",
+         "-f", ROOT / "crds", "-f", ROOT / "config" / "trainer-policy.yaml"],
         check=True,
         capture_output=True,
-    )
+    )  # fmt: skip
     subprocess.run(
         [
             find_binary("kubectl"),

@@ -215,9 +215,9 @@ def test_a_job_gets_gpu_pods_progress_and_completes(jobs: Jobs) -> None:
     claim = jobs.core.read_namespaced_persistent_volume_claim("llama-checkpoints", jobs.ns)
     assert claim.spec.access_modes == ["ReadWriteMany"]
     rbac = client.RbacAuthorizationV1Api(jobs.core.api_client)
-    rule = rbac.read_namespaced_role("llama-trainer", jobs.ns).rules[0]
+    rule = rbac.read_namespaced_role("kubetrain-trainer", jobs.ns).rules[0]  # the namespace's
     assert (rule.resources, sorted(rule.verbs)) == (["pods"], ["get", "patch"])
-    assert rule.resource_names == ["llama-worker-0-a1", "llama-worker-1-a1"]
+    assert spec.service_account_name == "kubetrain-trainer"
 
     # The real scheduler placed them on the A100 node.
     placed = wait_for(
@@ -345,16 +345,16 @@ def test_children_are_kept_in_their_desired_state_and_a_resize_restarts_the_grou
     kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
     jobs.phase("elastic", "Running")
 
-    # Someone deletes the Role: the next pass (woken by the watch) applies it again.
-    rbac.delete_namespaced_role("elastic-trainer", jobs.ns)
+    # Someone deletes the trainers' Role: the next pass (woken by the watch) applies it again.
+    rbac.delete_namespaced_role("kubetrain-trainer", jobs.ns)
     role = wait_for(
-        lambda: _get(lambda: rbac.read_namespaced_role("elastic-trainer", jobs.ns)),
+        lambda: _get(lambda: rbac.read_namespaced_role("kubetrain-trainer", jobs.ns)),
         "the Role recreated",
         operator=jobs.operator,
     )
-    assert role.rules[0].resource_names == ["elastic-worker-0-a1"]
+    assert role.rules[0].verbs == ["get", "patch"]
 
-    # From one worker to two: a new attempt of two, a headless Service, a Role naming them.
+    # From one worker to two: a new attempt of two, and a headless Service for them.
     jobs.patch("elastic", {"resources": {"workers": 2}})
     status = jobs.until("elastic", lambda s: s.get("attempt") == 2, "attempt 2 after the resize")
     assert (status.get("restarts", 0), status.get("failures", 0)) == (0, 0)
@@ -365,8 +365,6 @@ def test_children_are_kept_in_their_desired_state_and_a_resize_restarts_the_grou
     assert _env(pods[0])["MASTER_ADDR"] == "elastic-worker-0.elastic-workers"
     service = jobs.core.read_namespaced_service("elastic-workers", jobs.ns)
     assert service.spec.cluster_ip == "None"
-    names = rbac.read_namespaced_role("elastic-trainer", jobs.ns).rules[0].resource_names
-    assert names == [f"elastic-worker-{i}-a{a}" for a in (1, 2) for i in (0, 1)]
 
     jobs.core.delete_namespaced_service("elastic-workers", jobs.ns)
     wait_for(
@@ -589,7 +587,7 @@ def test_a_trainer_token_may_patch_only_its_own_pod(jobs: Jobs, cluster: Any) ->
     jobs.create(llm_job("scoped", resources={"workers": 2, "gpuType": "a100"}))
     pods = jobs.live_pods("scoped", 2)
     token = jobs.core.create_namespaced_service_account_token(
-        "scoped-trainer",
+        "kubetrain-trainer",
         jobs.ns,
         client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(
@@ -612,9 +610,29 @@ def test_a_trainer_token_may_patch_only_its_own_pod(jobs: Jobs, cluster: Any) ->
 
     kubelet.report(
         as_trainer, jobs.ns, "scoped-worker-0-a1", step=1, totalSteps=10
-    )  # own Pod: allowed
+    )  # own Pod's annotation: allowed
+    # The other worker's Pod, of the same job and ServiceAccount: refused by the policy.
+    with pytest.raises(ApiException) as sibling:
+        kubelet.report(as_trainer, jobs.ns, "scoped-worker-1-a1", step=1, totalSteps=10)
+    assert sibling.value.status == 403 and "only the Pod its token is bound to" in str(
+        sibling.value.body
+    )
+    with pytest.raises(ApiException) as relabel:  # its own Pod, but more than annotations
+        as_trainer.patch_namespaced_pod(
+            "scoped-worker-0-a1", jobs.ns, {"metadata": {"labels": {"kubetrain.io/attempt": "9"}}}
+        )
+    assert relabel.value.status == 403 and "only its Pod's annotations" in str(relabel.value.body)
+    jobs.core.create_namespaced_pod(
+        jobs.ns,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="unrelated"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]),
+        ),
+    )
     with pytest.raises(ApiException) as other:
-        as_trainer.patch_namespaced_pod("unrelated", jobs.ns, {"metadata": {"labels": {"a": "b"}}})
+        as_trainer.patch_namespaced_pod(
+            "unrelated", jobs.ns, {"metadata": {"annotations": {"a": "b"}}}
+        )
     assert other.value.status == 403
     with pytest.raises(ApiException) as secrets:
         as_trainer.list_namespaced_secret(jobs.ns)
@@ -642,14 +660,10 @@ def test_deleting_a_job_removes_its_children(jobs: Jobs) -> None:
         names = [p.metadata.name for p in jobs.pods("shortlived")]
         claims = jobs.core.list_namespaced_persistent_volume_claim(jobs.ns).items
         services = jobs.core.list_namespaced_service(jobs.ns).items
-        accounts = [
-            a.metadata.name for a in jobs.core.list_namespaced_service_account(jobs.ns).items
-        ]
         return (
             not names
             and not [c for c in claims if c.metadata.deletion_timestamp is None]
             and not services
-            and "shortlived-trainer" not in accounts
         )
 
     wait_for(gone, "garbage collection of the job's children", timeout=60)

@@ -205,3 +205,20 @@ def test_a_paused_leader_is_replaced_only_once_its_lease_expired_and_then_does_n
     )
     assert leader.api_requests() == idle  # not one request from its reconciler after the pause
     assert len(worker_pods(core, "during")) == 1
+
+
+def test_the_operator_refuses_to_start_without_the_trainer_policy(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    kubectl = [str(find_binary("kubectl")), "--kubeconfig", str(plane.kubeconfig)]
+    policy = ROOT / "config" / "trainer-policy.yaml"
+    subprocess.run([*kubectl, "delete", "-f", policy], check=True, capture_output=True)
+    operator = OperatorProcess(plane.kubeconfig, operator_config(tmp_path), tmp_path / "op.log")
+    try:
+        operator.start()
+        assert operator.process is not None
+        assert operator.process.wait(60) != 0
+        assert "kubetrain-trainer-own-pod (and its binding) is not installed" in operator.tail()
+    finally:
+        operator.stop()
+        subprocess.run([*kubectl, "apply", "-f", policy], check=True, capture_output=True)

@@ -17,6 +17,12 @@ def test_the_chart_clusterrole_is_the_one_in_config_rbac() -> None:
     assert copy.read_text() == source.read_text(), "run `make crds` to refresh the chart's copy"
 
 
+def test_the_chart_trainer_policy_is_the_one_in_config() -> None:
+    source = ROOT / "config" / "trainer-policy.yaml"
+    copy = ROOT / "charts" / "kubetrain" / "files" / "trainer-policy.yaml"
+    assert copy.read_text() == source.read_text(), "run `make crds` to refresh the chart's copy"
+
+
 def test_the_plain_priorityclasses_are_the_charts_and_the_operators_defaults() -> None:
     plain = {
         doc["description"].split()[-1].rstrip("."): doc

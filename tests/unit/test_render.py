@@ -19,10 +19,8 @@ from kubetrain.render import (
     Placement,
     checkpoint_claim,
     headless_service,
-    role,
-    role_binding,
-    service_account,
     trainer_config,
+    trainer_identity,
     worker_pod,
 )
 from kubetrain.settings import Settings
@@ -61,9 +59,7 @@ def _children(job: TrainingJob) -> list[dict[str, Any]]:
     placement = _placement(job)
     objects = [
         checkpoint_claim(job),
-        service_account(job),
-        role(job, 3),
-        role_binding(job),
+        *trainer_identity("team-a"),
         headless_service(job, SETTINGS),
         *(
             worker_pod(
@@ -151,17 +147,19 @@ def test_the_trainer_config_leaves_out_what_only_the_operator_reads() -> None:
     assert config["llm"]["lora"]["rank"] == 16
 
 
-def test_the_role_names_exactly_the_pods_of_this_attempt_and_the_one_stopping() -> None:
-    assert role(_job(), 1)["rules"] == [
-        {
-            "apiGroups": [""],
-            "resources": ["pods"],
-            "resourceNames": ["llama-worker-0-a1", "llama-worker-1-a1"],
-            "verbs": ["get", "patch"],
-        }
+def test_trainers_of_a_namespace_share_one_identity_narrowed_by_the_admission_policy() -> None:
+    account, role, binding = trainer_identity("team-a")
+    assert account["metadata"]["name"] == role["metadata"]["name"] == "kubetrain-trainer"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubetrain-trainer", "namespace": "team-a"}
     ]
-    names = role(_job(), 4)["rules"][0]["resourceNames"]
-    assert names == [f"llama-worker-{i}-a{a}" for a in (3, 4) for i in (0, 1)]
+    assert "ownerReferences" not in role["metadata"]  # it outlives every job
+    job = _job()
+    pod = worker_pod(
+        job, 0, attempt=1, resume_from="", placement=_placement(job), settings=SETTINGS
+    )
+    assert pod["spec"]["serviceAccountName"] == "kubetrain-trainer"
 
 
 def test_workers_on_a_lost_node_are_evicted_after_the_operators_grace() -> None:

@@ -25,6 +25,7 @@ class Cache:
         self._jobs: dict[Key, JSON] = {}
         self._pods: dict[Key, dict[str, JSON]] = {}
         self._children: dict[Key, dict[tuple[str, str], JSON]] = {}  # (kind, name) -> body
+        self._shared: dict[tuple[str, str, str], JSON] = {}  # (namespace, kind, name) -> body
 
     def put_job(self, body: JSON) -> Key:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -78,6 +79,21 @@ class Cache:
     def child(self, job: Key, kind: str, name: str) -> JSON | None:
         with self._lock:
             return self._children.get(job, {}).get((kind, name))
+
+    def put_shared(self, body: JSON) -> None:
+        """A child of every job of its namespace (the trainer identity)."""
+        meta = body["metadata"]
+        key = (meta["namespace"], body["kind"], meta["name"])
+        with self._lock:
+            self._shared[key] = self._newer(self._shared.get(key), body)
+
+    def drop_shared(self, namespace: str, kind: str, name: str) -> None:
+        with self._lock:
+            self._shared.pop((namespace, kind, name), None)
+
+    def shared(self, namespace: str, kind: str, name: str) -> JSON | None:
+        with self._lock:
+            return self._shared.get((namespace, kind, name))
 
     @staticmethod
     def _newer(old: JSON | None, new: JSON) -> JSON:

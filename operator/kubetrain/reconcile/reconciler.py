@@ -24,9 +24,7 @@ from kubetrain.reconcile.plan import Plan, plan
 from kubetrain.render import (
     checkpoint_claim,
     headless_service,
-    role,
-    role_binding,
-    service_account,
+    trainer_identity,
     worker_pod,
 )
 from kubetrain.settings import Settings
@@ -230,7 +228,7 @@ class Reconciler:
         for name in dict.fromkeys(decided.delete):
             self.cluster.delete_pod(key[0], name)
         if decided.placement is not None and (decided.create or decided.status.phase in _ACTIVE):
-            waiting = self._apply_children(key, job, decided.status.attempt)
+            waiting = self._apply_children(key, job)
             if waiting is not None:
                 return waiting
         if decided.create:
@@ -330,20 +328,14 @@ class Reconciler:
         if kept:
             self._bad_reports[key] = kept
 
-    def _apply_children(self, key: Key, job: TrainingJob, attempt: int) -> float | None:
-        """Bring the claim, ServiceAccount, Role, RoleBinding and Service to their desired
-        state: each is compared with what the watch last saw, and applied (server-side, one
-        field manager) only when it is missing or differs. When a child of that name still
-        belongs to an earlier job of the same name, the job says so (``PodCreationFailed``)
-        and waits: the seconds until the next try."""
-        wanted = [
-            checkpoint_claim(job),
-            service_account(job),
-            role(job, attempt),
-            role_binding(job),
-            headless_service(job, self.settings),
-        ]
-        for desired in (w for w in wanted if w is not None):
+    def _apply_children(self, key: Key, job: TrainingJob) -> float | None:
+        """Bring the job's claim and headless Service, and its namespace's trainer identity,
+        to their desired state: each is compared with what the watch last saw, and applied
+        (server-side, one field manager) only when it is missing or differs. When a child
+        of that name still belongs to an earlier job of the same name, the job says so
+        (``PodCreationFailed``) and waits: the seconds until the next try."""
+        owned = [checkpoint_claim(job), headless_service(job, self.settings)]
+        for desired in (w for w in owned if w is not None):
             kind, name = desired["kind"], desired["metadata"]["name"]
             observed = self.cache.child(key, kind, name)
             if observed is not None:
@@ -352,6 +344,11 @@ class Reconciler:
                 if kind == "PersistentVolumeClaim" or holds(observed, desired):
                     continue  # a claim's spec is immutable: existing is enough
             self.cache.put_child(key, self.cluster.apply(desired))
+        for desired in trainer_identity(key[0]):
+            kind, name = desired["kind"], desired["metadata"]["name"]
+            observed = self.cache.shared(key[0], kind, name)
+            if observed is None or not holds(observed, desired):
+                self.cache.put_shared(self.cluster.apply(desired))
         return None
 
     def _create_pods(self, key: Key, body: JSON, job: TrainingJob, decided: Plan) -> float | None:

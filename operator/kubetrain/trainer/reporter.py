@@ -74,7 +74,7 @@ class PodAnnotationSink:
 
     @classmethod
     def in_cluster(cls, namespace: str, pod: str, annotation: str) -> PodAnnotationSink:
-        """Use the Pod's service-account credentials (its Role allows patching only itself)."""
+        """Use the Pod's service-account credentials (admitted for its own annotations only)."""
         from kubernetes import client, config  # noqa: PLC0415 - only in a Pod
 
         configuration = client.Configuration()
