@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         standalone=args.standalone,
         lease_namespace=args.lease_namespace,
         lease_name=args.lease_name,
+        namespaces=args.namespace or [],
     )
     assert handlers  # registered on import
     asyncio.run(

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from kubernetes import client
 
 from kubetrain import metrics
 from kubetrain.kube import Cluster
 from kubetrain.reconcile.cache import Cache, Key
 from kubetrain.reconcile.queue import WorkQueue
 from kubetrain.reconcile.reconciler import Reconciler
-from kubetrain.render import LABEL_JOB
+from kubetrain.render import LABEL_JOB, LABEL_TRAINER_IDENTITY, MANAGED_BY
 from kubetrain.settings import Settings
+from kubetrain.watching import NamespaceFilter, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ class Controller:
         self.reconciler = Reconciler(cluster, self.cache, settings)
         self.active: Gate = threading.Event()  # set while this replica leads (always, standalone)
         self._stopped = threading.Event()
+        self._watchers: list[Watcher] = []
         self._workers = [
             threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             for i in range(workers)
@@ -44,7 +49,31 @@ class Controller:
         for worker in self._workers:
             worker.start()
 
+    def watch_children(self, api: client.ApiClient, namespaces: NamespaceFilter) -> None:
+        """Start the watches of every job's children, selected by label on the server."""
+        core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+        owned = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_JOB}"
+        shared = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_TRAINER_IDENTITY}"
+        watches: list[tuple[Any, str, str, Any]] = [
+            (core.list_pod_for_all_namespaces, "Pod", owned, self.child_event),
+            (core.list_persistent_volume_claim_for_all_namespaces, "PersistentVolumeClaim",
+             owned, self.child_event),
+            (core.list_service_for_all_namespaces, "Service", owned, self.child_event),
+            (core.list_service_account_for_all_namespaces, "ServiceAccount", shared,
+             self.identity_event),
+            (rbac.list_role_for_all_namespaces, "Role", shared, self.identity_event),
+            (rbac.list_role_binding_for_all_namespaces, "RoleBinding", shared,
+             self.identity_event),
+        ]  # fmt: skip
+        for list_all, kind, selector, handle in watches:
+            watcher = Watcher(list_all, kind, selector, functools.partial(_by_kind, handle, kind),
+                              namespaces)  # fmt: skip
+            watcher.start()
+            self._watchers.append(watcher)
+
     def stop(self) -> None:
+        for watcher in self._watchers:
+            watcher.stop()
         self._stopped.set()
         self.queue.close()
         for worker in self._workers:
@@ -62,9 +91,6 @@ class Controller:
             return
         self.cache.put_job(body)
         self.queue.add(key)
-
-    def pod_event(self, event: Mapping[str, Any]) -> None:
-        self.child_event(event, "Pod")
 
     def child_event(self, event: Mapping[str, Any], kind: str) -> None:
         """A worker Pod, checkpoint claim or headless Service of a job changed."""
@@ -124,3 +150,7 @@ class Controller:
                 self.queue.done(key)
             if again is not None:
                 self.queue.add(key, again)
+
+
+def _by_kind(handle: Any, kind: str, event: Mapping[str, Any]) -> None:
+    handle(event, kind)

@@ -1,4 +1,7 @@
-"""kopf registration, and nothing else: every handler hands its event to the Controller."""
+"""kopf registration, and nothing else: every handler hands its event to the Controller.
+
+kopf watches the TrainingJobs; the children are watched by the Controller's own watches,
+which the API server filters by label (kopf filters labels in the client)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.controller import Controller
 from kubetrain.kube import Cluster
 from kubetrain.leader import LeaderElector
-from kubetrain.render import LABEL_JOB, LABEL_TRAINER_IDENTITY, MANAGED_BY, TRAINER_POLICY
+from kubetrain.render import TRAINER_POLICY
 from kubetrain.settings import Settings, load_settings
+from kubetrain.watching import NamespaceFilter
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
         memo["elector"] = elector
         elector.start()
     controller.start()
+    controller.watch_children(api, NamespaceFilter(memo.get("namespaces") or ()))
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port, operator_settings.metrics_address)
     log.info("kubetrain operator started with %d workers", workers)
@@ -114,43 +119,6 @@ def stop(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def training_job(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     memo["controller"].job_event(event)
-
-
-@kopf.on.event(
-    "", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, "app.kubernetes.io/managed-by": MANAGED_BY}
-)
-def worker_pod(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    memo["controller"].pod_event(event)
-
-
-_CHILD_LABELS: Any = {LABEL_JOB: kopf.PRESENT, "app.kubernetes.io/managed-by": MANAGED_BY}
-_IDENTITY_LABELS: Any = {
-    LABEL_TRAINER_IDENTITY: kopf.PRESENT,
-    "app.kubernetes.io/managed-by": MANAGED_BY,
-}
-
-
-def _watch(group: str, version: str, plural: str, kind: str, *, shared: bool) -> None:
-    """Children, so each pass compares them with their desired state: a job's own, or the
-    namespace's trainer identity that every job there shares."""
-
-    def child(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        controller = memo["controller"]
-        if shared:
-            controller.identity_event(event, kind)
-        else:
-            controller.child_event(event, kind)
-
-    child.__name__ = f"{'identity' if shared else 'child'}_{plural}"
-    labels = _IDENTITY_LABELS if shared else _CHILD_LABELS
-    kopf.on.event(group, version, plural, labels=labels, id=child.__name__)(child)
-
-
-_watch("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", shared=False)
-_watch("", "v1", "services", "Service", shared=False)
-_watch("", "v1", "serviceaccounts", "ServiceAccount", shared=True)
-_watch("rbac.authorization.k8s.io", "v1", "roles", "Role", shared=True)
-_watch("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", shared=True)
 
 
 @kopf.on.probe(id="queued")

@@ -19,6 +19,11 @@ REPORTS = Counter(
 GPU_HOURS = Counter("kubetrain_gpu_hours_total", "GPU hours accrued by all jobs.")
 RESTARTS = Counter("kubetrain_restarts_total", "Worker groups restarted after a lost Pod.")
 ERRORS = Counter("kubetrain_errors_total", "Reconcile errors.", ["kind"])
+WATCH_EVENTS = Counter(
+    "kubetrain_watch_events_total",
+    "Changes of the operator's children its watches received (selected by the API server).",
+    ["kind"],
+)
 API_REQUESTS = Counter(
     "kubetrain_api_requests_total", "Requests the reconciler sent to the API server.", ["verb"]
 )
