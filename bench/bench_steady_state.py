@@ -84,6 +84,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    parser.add_argument(
+        "--unrelated", type=int, default=0, help="Pods of no TrainingJob, made before the jobs"
+    )
     args = parser.parse_args()
     n, window = args.jobs, args.window
     interval = Settings().report_interval_seconds
@@ -107,6 +110,18 @@ def main() -> int:
             capture_output=True,
         )
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        if args.unrelated:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="others")))
+            other = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "web"}]},
+            }
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda i: core.create_namespaced_pod("others", {
+                    **other, "metadata": {**other["metadata"], "name": f"web-{i:05d}"}}),
+                    range(args.unrelated)))  # fmt: skip
         (port,) = free_ports(1)
         log = Path(tmp) / "operator.log"
         operator = subprocess.Popen(
@@ -205,7 +220,15 @@ def main() -> int:
             rss = rss_mb(operator.pid)
         finally:
             operator.terminate()
-            operator.wait(30)
+            stopping = time.monotonic()
+            try:
+                operator.wait(60)
+                print(f"(operator exited {time.monotonic() - stopping:.1f}s after SIGTERM)",
+                      file=sys.stderr)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                print(log.read_text()[-3000:], file=sys.stderr)
+                operator.kill()
+                raise
 
     minutes = elapsed / 60
     per_job = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / n / minutes for k in after}
@@ -214,7 +237,7 @@ def main() -> int:
     total = report_rate + operator_writes
     print(
         f"steady state: {n} running jobs, trainers reporting every {interval:g}s, "
-        f"{elapsed:.0f}s measured"
+        f"{elapsed:.0f}s measured, {args.unrelated} unrelated Pods in the cluster"
     )
     print(
         f"  writes per running job per minute: {total:.1f} (reports {report_rate:.1f}, "

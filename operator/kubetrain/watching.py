@@ -73,12 +73,13 @@ class Watcher:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop watching; the thread (a daemon) is given ``timeout`` to end."""
         self._stopping.set()
         response = self._response
         if response is not None:
             response.shutdown()  # unblocks the read in the watch thread (close() would wait)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         backoff = 0.5
@@ -143,6 +144,8 @@ class Watcher:
             _preload_content=False,
             _request_timeout=(5, WATCH_SECONDS + 30),
         )
+        if self._stopping.is_set():  # stop() ran while the request was on its way
+            response.shutdown()
         try:
             for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                 if self._stopping.is_set():
