@@ -43,9 +43,7 @@ lock() {
       # shellcheck disable=SC2046
       go mod edit $(upstream_replaces "$module@$version" "$staging")
     fi
-    local p pkgs=()
-    for p in "$@"; do pkgs+=("$p@$version"); done
-    go get -tool "${pkgs[@]}"
+    go get -tool "${@/%/@$version}"  # every package at exactly the pinned version
     go mod tidy
     # The lock must hold what versions.env says, whatever the proxy serves today.
     local got
