@@ -22,11 +22,16 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.api.job import TrainingJob
+from kubetrain.api.status import Phase
+from kubetrain.cli import views
+from kubetrain.cli.term import Style
 from kubetrain.localcluster import find_binary
 from kubetrain.localcluster.controlplane import repo_root
 from kubetrain.localcluster.processes import record_extra, running_extra
 
 NAMESPACE = "default"
+BAR_WIDTH = 20
 
 
 class Screen:
@@ -34,6 +39,7 @@ class Screen:
 
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
+        self.style = Style.for_stream(sys.stdout)
         self.last = ""
 
     def status(self, line: str) -> None:
@@ -53,22 +59,21 @@ class Screen:
         print(line, flush=True)
 
 
-def describe(status: dict[str, Any]) -> str:
-    """``Running  epoch 1/3  step 12/48  25.0%  loss 2.314  ETA 31s`` from a status."""
-    progress, metrics = status.get("progress") or {}, status.get("metrics") or {}
-    parts = [f"{status.get('phase', 'Pending'):<9}"]
-    if progress.get("totalEpochs"):
-        parts.append(f"epoch {progress.get('currentEpoch', 0)}/{progress['totalEpochs']}")
-    if progress.get("totalSteps"):
-        parts.append(f"step {progress.get('currentStep', 0)}/{progress['totalSteps']}")
-    if progress.get("percentage") is not None:
-        parts.append(f"{progress['percentage']:5.1f}%")
-    if metrics.get("currentLoss") is not None:
-        parts.append(f"loss {metrics['currentLoss']:.3f}")
-    if progress.get("remainingSeconds") is not None:
-        parts.append(f"ETA {progress['remainingSeconds']:.0f}s")
-    if status.get("latestCheckpoint"):
-        parts.append(f"ckpt {status['latestCheckpoint']}")
+def describe(body: dict[str, Any], style: Style) -> str:
+    """``Running  [████░░░░] 46.2%  epoch 2/3  step 320/693  loss 5.799  ETA 8s  ckpt …``,
+    drawn with the views ``kubectl train watch`` and ``describe`` use."""
+    job = TrainingJob.model_validate(body)
+    phase = job.status.phase or Phase.PENDING  # not yet written: the operator has not looked
+    parts = [
+        style.phase(phase) + " " * (9 - len(phase.value)),
+        views.progress_text(job, style, BAR_WIDTH),
+        f"epoch {views.epoch(job)}",
+        f"step {views.step(job)}",
+        f"loss {views.loss(job)}",
+        f"ETA {views.eta(job)}",
+    ]
+    if job.status.latest_checkpoint:
+        parts.append(f"ckpt {job.status.latest_checkpoint}")
     return "  ".join(parts)
 
 
@@ -135,17 +140,21 @@ class Demo:
         self.manifest, self.name = manifest, manifest["metadata"]["name"]
         self.screen = screen
 
-    def status(self) -> dict[str, Any]:
+    def job(self) -> dict[str, Any]:
         job: Any = self.custom.get_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, PLURAL, self.name
         )
-        return dict(job.get("status") or {})
+        return dict(job)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.job().get("status") or {})
 
     def follow(self, until: Any, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.status()
-            self.screen.status(describe(status))
+            job = self.job()
+            status = dict(job.get("status") or {})
+            self.screen.status(describe(job, self.screen.style))
             if status.get("phase") == "Failed":
                 failed: dict[str, Any] = next(
                     (c for c in status.get("conditions", []) if c["type"] == "Failed"), {}
