@@ -38,7 +38,8 @@ $HELM install kubetrain charts/kubetrain -n kubetrain-system --create-namespace 
 log "the tiny LoRA job, stopped and resumed"
 $KUBECTL apply -f examples/tiny-lora-cpu.yaml
 $KUBECTL wait tj/tiny-lora --for=jsonpath='{.status.phase}'=Running --timeout=10m
-$KUBECTL wait tj/tiny-lora --for=jsonpath='{.status.progress.currentStep}'=16 --timeout=10m
+# The example checkpoints every 64 steps: stop once the first checkpoint is in status.
+$KUBECTL wait tj/tiny-lora --for=jsonpath='{.status.checkpoints[0].id}'=ckpt-00000064 --timeout=10m
 $KUBECTL patch tj tiny-lora --type=merge -p '{"spec":{"suspend":true}}'
 $KUBECTL wait tj/tiny-lora --for=jsonpath='{.status.phase}'=Stopped --timeout=5m
 stopped_at=$($KUBECTL get tj tiny-lora -o jsonpath='{.status.progress.currentStep}')
