@@ -129,7 +129,14 @@ class Controller:
             meta = body["metadata"]
             self.queue.add((meta["namespace"], meta["name"]))
 
+    def synced(self) -> bool:
+        """Every child watch has handed on its first list: a pass sees all of a job's Pods
+        (a job looked at before would seem to have none, e.g. Stopped while they stop)."""
+        return all(w.synced.is_set() for w in self._watchers)
+
     def _work(self) -> None:
+        while not self._stopped.is_set() and not self.synced():
+            self._stopped.wait(0.1)
         while not self._stopped.is_set():
             if not self.active.wait(timeout=1.0):
                 continue  # a standby keeps its cache warm but does not act

@@ -80,8 +80,8 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
         controller.active = elector.leading
         memo["elector"] = elector
         elector.start()
-    controller.start()
     controller.watch_children(api, NamespaceFilter(memo.get("namespaces") or ()))
+    controller.start()  # its workers wait for the children's first lists
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port, operator_settings.metrics_address)
     log.info("kubetrain operator started with %d workers", workers)

@@ -66,6 +66,7 @@ class Watcher:
         self.list_all, self.kind, self.selector = list_all, kind, selector
         self.handle, self.namespaces = handle, namespaces
         self._known: dict[tuple[str, str], JSON] = {}
+        self.synced = threading.Event()  # set once the first list is handed on
         self._stopping = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"watch {kind}", daemon=True)
@@ -86,6 +87,7 @@ class Watcher:
         while not self._stopping.is_set():
             try:
                 version = self._list()
+                self.synced.set()
                 backoff = 0.5
                 while not self._stopping.is_set():
                     version = self._follow(version)
