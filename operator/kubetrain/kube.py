@@ -57,21 +57,22 @@ class Cluster:
     def _count(verb: str) -> None:
         metrics.API_REQUESTS.labels(verb).inc()
 
-    def create(self, manifest: JSON) -> bool:
-        """Create ``manifest``; False when it already exists (creation is idempotent)."""
-        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
-        create: Any = {
-            "Pod": self.core.create_namespaced_pod,
-            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
-            "ServiceAccount": self.core.create_namespaced_service_account,
-            "Service": self.core.create_namespaced_service,
-            "Role": self.rbac.create_namespaced_role,
-            "RoleBinding": self.rbac.create_namespaced_role_binding,
-        }[kind]
+    def create_pod(self, manifest: JSON) -> bool:
+        """Create a worker Pod; False when one of that name exists (creation is idempotent).
+
+        The other children are server-side applied (``apply``); a Pod is only ever created.
+        """
         self._count("create")
         try:
             # The response is not needed: skip deserialising it into client models.
-            _discard(create(ns, manifest, _preload_content=False, _request_timeout=TIMEOUT))
+            _discard(
+                self.core.create_namespaced_pod(
+                    manifest["metadata"]["namespace"],
+                    cast(Any, manifest),  # a plain manifest; the client sends it as JSON
+                    _preload_content=False,
+                    _request_timeout=TIMEOUT,
+                )
+            )
         except ApiException as err:
             if err.status == 409:
                 return False

@@ -158,6 +158,13 @@ def _env(pod: client.V1Pod) -> dict[str, str]:
     return {e.name: e.value for e in pod.spec.containers[0].env if e.value is not None}
 
 
+def _creation_failed(status: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "PodCreationFailed" and c["status"] == "True"
+        for c in status.get("conditions", [])
+    )
+
+
 def _get(read: Callable[[], Any]) -> Any:
     """What ``read`` returns, or None on a 404."""
     try:
@@ -313,10 +320,9 @@ def test_pods_the_api_server_refuses_are_a_condition_and_retried_once_admitted(
     jobs.create(llm_job("refused"))
     status = jobs.until(
         "refused",
-        lambda s: any(c["type"] == "PodCreationFailed" and c["status"] == "True"
-                      for c in s.get("conditions", [])),
+        _creation_failed,
         "a PodCreationFailed condition",
-    )  # fmt: skip
+    )
     refused = condition(status, "PodCreationFailed")
     assert refused["reason"] == "FailedCreatePod"
     assert refused["message"].startswith("could not create Pod refused-worker-0-a1: ")
@@ -392,10 +398,9 @@ def test_pods_of_an_earlier_job_with_the_same_name_are_never_counted(jobs: Jobs)
     jobs.create(llm_job("again", checkpoint=kept), storage=False)
     status = jobs.until(
         "again",
-        lambda s: any(c["type"] == "PodCreationFailed" and c["status"] == "True"
-                      for c in s.get("conditions", [])),
+        _creation_failed,
         "the taken Pod name reported",
-    )  # fmt: skip
+    )
     assert status["phase"] == "Pending", status  # not Completed by the old job's Pod
     message = condition(status, "PodCreationFailed")["message"]
     assert "belongs to another owner" in message

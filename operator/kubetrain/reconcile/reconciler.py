@@ -370,7 +370,7 @@ class Reconciler:
             )
             name = pod["metadata"]["name"]
             try:
-                created = self.cluster.create(pod)
+                created = self.cluster.create_pod(pod)
             except ApiException as err:
                 if err.status not in (400, 403, 422):  # not an admission refusal: transient
                     raise
