@@ -78,7 +78,7 @@ cluster-down: ## stop the local cluster (every process it started, by PID)
 	@$(PY) -m kubetrain.localcluster down --dir $(CLUSTER_DIR)
 
 demo: cluster-up ## the main job: a tiny LoRA TrainingJob on the local cluster, stopped and resumed on the way
-	@$(PY) -m kubetrain.demo --dir $(CLUSTER_DIR)
+	@$(PY) -m kubetrain.localcluster.demo --dir $(CLUSTER_DIR)
 
 clean: cluster-down ## remove build output (the binary cache in ~/.cache/kubetrain stays)
 	rm -rf bin $(VENV) $(CLUSTER_DIR)

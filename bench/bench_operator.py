@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from benchlib import job, operator_metrics  # noqa: E402
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
+from kubetrain.api.report import ANNOTATION  # noqa: E402
 from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
 from kubetrain.localcluster.ports import free_ports  # noqa: E402
-from kubetrain.report import ANNOTATION  # noqa: E402
 
 NS = "bench"
 

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT / "operator"))
 from benchlib import job, operator_metrics  # noqa: E402
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
+from kubetrain.api.report import ANNOTATION  # noqa: E402
 from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
 from kubetrain.localcluster.ports import free_ports  # noqa: E402
-from kubetrain.report import ANNOTATION  # noqa: E402
-from kubetrain.settings import Settings  # noqa: E402
+from kubetrain.operator.settings import Settings  # noqa: E402
 
 NS = "steady"
 WRITES = ("create", "update", "apply", "delete", "patch")

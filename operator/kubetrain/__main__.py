@@ -10,8 +10,8 @@ from pathlib import Path
 
 import kopf
 
-from kubetrain import handlers
-from kubetrain.settings import load_settings
+from kubetrain.operator import handlers
+from kubetrain.operator.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

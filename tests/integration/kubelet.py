@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes import client
 
-from kubetrain.report import ANNOTATION, EXIT_STOPPED
+from kubetrain.api.report import ANNOTATION, EXIT_STOPPED
 from tests.polling import eventually
 
 

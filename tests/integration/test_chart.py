@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kubetrain.localcluster import ControlPlane, find_binary
-from kubetrain.settings import Settings
+from kubetrain.operator.settings import Settings
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]

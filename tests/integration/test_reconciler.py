@@ -12,10 +12,10 @@ import pytest
 from kubernetes import client
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
-from kubetrain.kube import Cluster
-from kubetrain.reconcile.cache import Cache, resource_version
-from kubetrain.reconcile.reconciler import Reconciler
-from kubetrain.settings import Settings
+from kubetrain.operator.kube import Cluster
+from kubetrain.operator.reconcile.cache import Cache, resource_version
+from kubetrain.operator.reconcile.reconciler import Reconciler
+from kubetrain.operator.settings import Settings
 from tests.integration.test_operator import llm_job
 
 pytestmark = pytest.mark.usefixtures("crds", "priority_classes")

@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes import client
 
-from kubetrain.watching import NamespaceFilter, Watcher
+from kubetrain.operator.watching import NamespaceFilter, Watcher
 from tests.polling import eventually
 
 

@@ -14,7 +14,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from kubetrain.report import EXIT_STOPPED, decode
+from kubetrain.api.report import EXIT_STOPPED, decode
 from kubetrain.trainer.checkpoints import MANIFEST
 from tests.trainer.conftest import TrainerRun, Workspace, free_port, launch, spec, stop_all
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from kubernetes import client
 
-from kubetrain.report import ANNOTATION, ProgressReport, ReportedCheckpoint, decode
+from kubetrain.api.report import ANNOTATION, ProgressReport, ReportedCheckpoint, decode
 from kubetrain.trainer.reporter import PodAnnotationSink, Reporter
 from tests.polling import eventually
 

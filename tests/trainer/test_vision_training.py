@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from kubetrain.api import VisionTask
-from kubetrain.report import EXIT_STOPPED, decode
+from kubetrain.api.report import EXIT_STOPPED, decode
 from kubetrain.trainer.vision import catalog, models
 from kubetrain.trainer.vision.export import compare_detections
 from kubetrain.trainer.vision.loading import Loader

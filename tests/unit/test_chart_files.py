@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from kubetrain.settings import Settings
+from kubetrain.operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

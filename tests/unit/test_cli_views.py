@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kubetrain.api import TrainingJob
-from kubetrain.catalogue import Catalogue
+from kubetrain.api.catalogue import Catalogue
 from kubetrain.cli import live, views
 from kubetrain.cli.term import FULL, Style
 from kubetrain.sdk import STOP_REASON_ANNOTATION, JobEvent, NotFoundError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetrain.leader import Leadership
+from kubetrain.operator.leader import Leadership
 from tests.clock import Clock
 
 

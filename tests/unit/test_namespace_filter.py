@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetrain.watching import NamespaceFilter
+from kubetrain.operator.watching import NamespaceFilter
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from kubetrain.api.job import TrainingJob
+from kubetrain.api.report import EXIT_STOPPED
 from kubetrain.api.status import Phase
-from kubetrain.reconcile.plan import Plan, plan
-from kubetrain.report import EXIT_STOPPED
-from kubetrain.settings import Settings
-from kubetrain.status import PodView
+from kubetrain.operator.reconcile.plan import Plan, plan
+from kubetrain.operator.settings import Settings
+from kubetrain.operator.status import PodView
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kubetrain.reconcile.queue import WorkQueue
+from kubetrain.operator.reconcile.queue import WorkQueue
 
 
 def drain(queue: WorkQueue[str]) -> list[str]:

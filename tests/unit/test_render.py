@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kubetrain.api.job import TrainingJob
-from kubetrain.render import (
+from kubetrain.operator.render import (
     Placement,
     checkpoint_claim,
     headless_service,
@@ -23,7 +23,7 @@ from kubetrain.render import (
     trainer_identity,
     worker_pod,
 )
-from kubetrain.settings import Settings
+from kubetrain.operator.settings import Settings
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = Settings()

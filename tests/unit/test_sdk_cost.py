@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetrain.catalogue import Catalogue
+from kubetrain.api.catalogue import Catalogue
 from kubetrain.sdk import ValidationError
 from kubetrain.sdk.cost import catalogue_from_config, estimate
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubetrain.api import TrainingJobSpec
-from kubetrain.report import ReportedModel, decode, encode
+from kubetrain.api.report import ReportedModel, decode, encode
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.early_stop import epoch_values, should_stop_early
 from kubetrain.trainer.metrics import ModelShape, ThroughputMeter, mfu, peak_flops

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kubetrain.report import ProgressReport, decode
+from kubetrain.api.report import ProgressReport, decode
 from kubetrain.trainer.reporter import (
     FileSink,
     LogSink,

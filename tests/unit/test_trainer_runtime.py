@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetrain.report import EXIT_STOPPED
+from kubetrain.api.report import EXIT_STOPPED
 from kubetrain.trainer.config import Distributed
 from kubetrain.trainer.launch import child_env, fold
 from kubetrain.trainer.runtime import (

@@ -55,6 +55,9 @@ CONDITION_TYPE_PATTERN = (
 )
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
+SPEC_ERRORS = frozenset({"UnknownGPUType", "CheckpointNotFound", "InvalidSpec"})
+"""Failure reasons that a change of spec may cure: re-evaluated at a new generation."""
+
 
 class Condition(StatusModel):
     """One aspect of the job's state, in the shape of metav1.Condition."""

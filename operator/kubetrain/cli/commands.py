@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import yaml
 
 from kubetrain.api import API_VERSION, LIST_KIND, TrainingJob
-from kubetrain.catalogue import Catalogue
+from kubetrain.api.catalogue import Catalogue
 from kubetrain.cli import live, views
 from kubetrain.cli.term import Style
 from kubetrain.sdk import Client, KubetrainError

@@ -11,7 +11,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from kubetrain.api import TrainingJob
-from kubetrain.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_WORKER, checkpoint_claim_name
+from kubetrain.api.children import LABEL_ATTEMPT, LABEL_JOB, LABEL_WORKER, checkpoint_claim_name
 from kubetrain.sdk.errors import KubetrainError, NotFoundError, api_errors
 
 

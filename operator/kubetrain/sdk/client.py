@@ -27,8 +27,8 @@ from kubetrain.api import (
     Priority,
     TrainingJob,
 )
-from kubetrain.catalogue import Catalogue
-from kubetrain.reconcile.plan import SPEC_ERRORS
+from kubetrain.api.catalogue import Catalogue
+from kubetrain.api.status import SPEC_ERRORS
 from kubetrain.sdk import build, children, cost, query
 from kubetrain.sdk.connection import connect
 from kubetrain.sdk.errors import (

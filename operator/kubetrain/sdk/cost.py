@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from kubetrain.catalogue import Catalogue
+from kubetrain.api.catalogue import Catalogue
 from kubetrain.sdk.errors import Cause, ValidationError
 
 CONFIG_NAMESPACE = "kubetrain-system"

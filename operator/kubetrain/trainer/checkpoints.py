@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kubetrain.report import ReportedCheckpoint
+from kubetrain.api.report import ReportedCheckpoint
 from kubetrain.trainer.runtime import TrainerError
 
 MANIFEST = "kubetrain-checkpoint.json"

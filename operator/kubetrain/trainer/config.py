@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubetrain.api import TrainingJobSpec
-from kubetrain.report import ANNOTATION
+from kubetrain.api.report import ANNOTATION
 from kubetrain.trainer.runtime import TrainerError
 
 DEFAULT_REPORT_INTERVAL = 5.0

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from kubetrain.report import EXIT_STOPPED
+from kubetrain.api.report import EXIT_STOPPED
 from kubetrain.trainer.config import Distributed
 from kubetrain.trainer.runtime import EXIT_COMPLETED, Outcome
 

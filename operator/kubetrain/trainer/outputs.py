@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubetrain.report import ReportedModel
+from kubetrain.api.report import ReportedModel
 from kubetrain.trainer.checkpoints import fsync_dir, fsync_tree, write_synced
 
 MODEL_MANIFEST = "kubetrain-model.json"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from kubetrain.report import ANNOTATION, ProgressReport, ReportError, encode
+from kubetrain.api.report import ANNOTATION, ProgressReport, ReportError, encode
 
 log = logging.getLogger(__name__)
 

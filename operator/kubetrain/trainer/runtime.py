@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetrain.report import EXIT_STOPPED
+from kubetrain.api.report import EXIT_STOPPED
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kubetrain.api import TrainingJobSpec
-from kubetrain.report import MAX_CHECKPOINTS, ProgressReport, ReportedModel, TrainerState
+from kubetrain.api.report import MAX_CHECKPOINTS, ProgressReport, ReportedModel, TrainerState
 from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.reporter import NullSink, Reporter, Sink, sink_from_env

@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from kubetrain.api import Strategy, TrainingJobSpec
-from kubetrain.report import ReportedModel
+from kubetrain.api.report import ReportedModel
 from kubetrain.trainer import outputs
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.hf_callback import RuntimeCallback

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kubetrain.api import TrainingJobSpec
-from kubetrain.report import ReportedModel
+from kubetrain.api.report import ReportedModel
 from kubetrain.trainer import outputs
 from kubetrain.trainer.session import TrainingSession
 from kubetrain.trainer.vision.dataset import VisionDataset

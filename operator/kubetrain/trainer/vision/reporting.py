@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetrain.report import ProgressReport, ReportedModel, TrainerState
+from kubetrain.api.report import ProgressReport, ReportedModel, TrainerState
 from kubetrain.trainer.session import TrainingSession
 
 THROUGHPUT_UNIT = "images/s"

@@ -18,12 +18,12 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
-from kubetrain.controller import Controller
-from kubetrain.kube import Cluster
-from kubetrain.leader import LeaderElector
-from kubetrain.render import TRAINER_POLICY
-from kubetrain.settings import Settings, load_settings
-from kubetrain.watching import NamespaceFilter
+from kubetrain.operator.controller import Controller
+from kubetrain.operator.kube import Cluster
+from kubetrain.operator.leader import LeaderElector
+from kubetrain.operator.render import TRAINER_POLICY
+from kubetrain.operator.settings import Settings, load_settings
+from kubetrain.operator.watching import NamespaceFilter
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _api_client(kubeconfig: str | None, pool: int) -> client.ApiClient:
 @kopf.on.startup()
 def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     """Build the controller from the options __main__ put in the memo."""
-    if "settings" not in memo:  # started by `kopf run -m kubetrain.handlers`
+    if "settings" not in memo:  # started by `kopf run -m kubetrain.operator.handlers`
         path = os.environ.get("KUBETRAIN_CONFIG_FILE")
         memo["settings"] = load_settings(Path(path) if path else None)
     operator_settings: Settings = memo["settings"]

@@ -12,8 +12,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kubetrain import metrics
 from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.operator import metrics
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -15,20 +15,20 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from kubetrain import metrics
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
-from kubetrain.kube import Cluster, GoneError, StaleError
-from kubetrain.reconcile.cache import Cache, Key
-from kubetrain.reconcile.plan import Plan, plan
-from kubetrain.render import (
+from kubetrain.operator import metrics
+from kubetrain.operator.kube import Cluster, GoneError, StaleError
+from kubetrain.operator.reconcile.cache import Cache, Key
+from kubetrain.operator.reconcile.plan import Plan, plan
+from kubetrain.operator.render import (
     checkpoint_claim,
     headless_service,
     trainer_identity,
     worker_pod,
 )
-from kubetrain.settings import Settings
-from kubetrain.status import observe_pod, set_condition
+from kubetrain.operator.settings import Settings
+from kubetrain.operator.status import observe_pod, set_condition
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

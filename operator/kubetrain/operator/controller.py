@@ -10,14 +10,15 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from kubetrain import metrics
-from kubetrain.kube import Cluster
-from kubetrain.reconcile.cache import Cache, Key
-from kubetrain.reconcile.queue import WorkQueue
-from kubetrain.reconcile.reconciler import Reconciler
-from kubetrain.render import LABEL_JOB, LABEL_TRAINER_IDENTITY, MANAGED_BY
-from kubetrain.settings import Settings
-from kubetrain.watching import NamespaceFilter, Watcher
+from kubetrain.api.children import LABEL_JOB, MANAGED_BY
+from kubetrain.operator import metrics
+from kubetrain.operator.kube import Cluster
+from kubetrain.operator.reconcile.cache import Cache, Key
+from kubetrain.operator.reconcile.queue import WorkQueue
+from kubetrain.operator.reconcile.reconciler import Reconciler
+from kubetrain.operator.render import LABEL_TRAINER_IDENTITY
+from kubetrain.operator.settings import Settings
+from kubetrain.operator.watching import NamespaceFilter, Watcher
 
 log = logging.getLogger(__name__)
 

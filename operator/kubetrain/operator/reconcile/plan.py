@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from kubetrain.api.children import checkpoint_claim_name
 from kubetrain.api.job import TrainingJob
+from kubetrain.api.report import ReportError
 from kubetrain.api.status import (
+    SPEC_ERRORS,
     ConditionStatus,
     EstimatedCost,
     Phase,
@@ -22,19 +25,15 @@ from kubetrain.api.status import (
     TrainingJobStatus,
     allocation_summary,
 )
-from kubetrain.render import Placement, checkpoint_claim_name
-from kubetrain.report import ReportError
-from kubetrain.settings import Settings
-from kubetrain.status import (
+from kubetrain.operator.render import Placement
+from kubetrain.operator.settings import Settings
+from kubetrain.operator.status import (
     PodView,
     estimate_remaining,
     mirror_report,
     read_report,
     set_condition,
 )
-
-SPEC_ERRORS = frozenset({"UnknownGPUType", "CheckpointNotFound", "InvalidSpec"})
-"""Failure reasons that a change of spec may cure: re-evaluated at a new generation."""
 
 _PHASE_CONDITION = {
     Phase.QUEUED: "Queued",

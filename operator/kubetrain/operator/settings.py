@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubetrain.catalogue import Catalogue
+from kubetrain.api.catalogue import Catalogue
 
 ENV_PREFIX = "KUBETRAIN_"
 

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
-from kubetrain import metrics
+from kubetrain.operator import metrics
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -10,19 +10,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kubetrain.api.catalogue import GPUType
+from kubetrain.api.children import (
+    ANNOTATION_RESUME_FROM,
+    ANNOTATION_WORKERS,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_WORKER,
+    MANAGED_BY,
+    checkpoint_claim_name,
+    labels,
+    pod_name,
+    service_name,
+    worker_hostname,
+)
 from kubetrain.api.job import TrainingJob
+from kubetrain.api.report import ANNOTATION
 from kubetrain.api.spec import ModelType, TrainingJobSpec
-from kubetrain.catalogue import GPUType
-from kubetrain.report import ANNOTATION
-from kubetrain.settings import Settings
-
-LABEL_JOB = "kubetrain.io/job-name"
-LABEL_WORKER = "kubetrain.io/worker-index"
-LABEL_ATTEMPT = "kubetrain.io/attempt"
-ANNOTATION_RESUME_FROM = "kubetrain.io/resume-from"
-ANNOTATION_WORKERS = "kubetrain.io/workers"
-"""How many workers the Pod's group was started with (its world): a resize restarts it."""
-MANAGED_BY = "kubetrain"
+from kubetrain.operator.settings import Settings
 
 CHECKPOINT_MOUNT = "/checkpoints"
 DATASET_MOUNT = "/data"
@@ -32,39 +37,9 @@ TRAINER_UID = 1000
 JSON = dict[str, Any]
 
 
-def pod_name(job: str, index: int, attempt: int) -> str:
-    """Worker ``index`` of ``attempt``: a new attempt never waits for an old Pod's name."""
-    return f"{job}-worker-{index}-a{attempt}"
-
-
-def worker_hostname(job: str, index: int) -> str:
-    """The worker's stable DNS label (``<hostname>.<job>-workers``), the same in every attempt."""
-    return f"{job}-worker-{index}"
-
-
-def service_name(job: str) -> str:
-    return f"{job}-workers"
-
-
-def checkpoint_claim_name(job: TrainingJob) -> str:
-    """The PVC that holds the checkpoints: the user's existing claim or ``<job>-checkpoints``."""
-    return job.spec.checkpoint.existing_claim_name or f"{_name(job)}-checkpoints"
-
-
 def _name(job: TrainingJob) -> str:
     assert job.metadata.name, "a stored TrainingJob always has a name"
     return job.metadata.name
-
-
-def labels(job: str, component: str) -> dict[str, str]:
-    """The labels every child carries; ``kubetrain.io/job-name`` selects a job's children."""
-    return {
-        "app.kubernetes.io/name": "kubetrain",
-        "app.kubernetes.io/instance": job,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_JOB: job,
-    }
 
 
 def owner_reference(job: TrainingJob) -> JSON:

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kubetrain.api.children import (
+    ANNOTATION_RESUME_FROM,
+    ANNOTATION_WORKERS,
+    LABEL_ATTEMPT,
+    LABEL_WORKER,
+)
+from kubetrain.api.report import ANNOTATION, EXIT_STOPPED, ProgressReport, ReportError, decode
 from kubetrain.api.status import (
     Checkpoint,
     Condition,
@@ -18,13 +25,6 @@ from kubetrain.api.status import (
     Progress,
     TrainingJobStatus,
 )
-from kubetrain.render import (
-    ANNOTATION_RESUME_FROM,
-    ANNOTATION_WORKERS,
-    LABEL_ATTEMPT,
-    LABEL_WORKER,
-)
-from kubetrain.report import ANNOTATION, EXIT_STOPPED, ProgressReport, ReportError, decode
 
 DISRUPTION_REASONS = frozenset(
     {
