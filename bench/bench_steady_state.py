@@ -2,12 +2,16 @@
 
 Prints the API writes that running jobs cost, per running job per minute, split into the
 trainers' report patches and the operator's own writes (status and the rest), against the
-goal of 3; how stale progress in status gets; and the operator's CPU and RSS. The kubelet
-and the trainers are played by this script: each job's worker Pod is marked Running and
-its report annotation patched every reportIntervalSeconds (the operator's default, which
-the operator also hands the real trainers), each report one step further.
+goal of 3; how stale progress in status gets, and how fast a new checkpoint shows; and the
+operator's CPU and RSS. The kubelet and the trainers are played by this script: each job's
+worker Pod is marked Running, and its trainer reports one step further at the operator's
+default pace, each 60th report with a new checkpoint. ``--channel push`` (the default)
+reports the way trainers do when the operator serves its report channel: HTTPS with a token
+bound to the Pod (from the TokenRequest API, as a kubelet projects it), every
+reportChannelIntervalSeconds. ``--channel annotation`` patches the Pod's annotation every
+reportIntervalSeconds instead, as trainers do without the channel.
 
-    .venv/bin/python bench/bench_steady_state.py [--jobs 300] [--window 60]
+    .venv/bin/python bench/bench_steady_state.py [--jobs 1000] [--window 60] [--channel push]
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +39,9 @@ sys.path.insert(0, str(ROOT / "operator"))
 from benchlib import job, operator_metrics  # noqa: E402
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
-from kubetrain.api.report import ANNOTATION  # noqa: E402
+from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE  # noqa: E402
 from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
+from kubetrain.localcluster.pki import report_channel_tls  # noqa: E402
 from kubetrain.localcluster.ports import free_ports  # noqa: E402
 from kubetrain.operator.settings import Settings  # noqa: E402
 
@@ -54,6 +60,28 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bound_token(core: client.CoreV1Api, pod: str, uid: str) -> str:
+    token: str = core.create_namespaced_service_account_token(
+        "kubetrain-trainer",
+        NS,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[CHANNEL_AUDIENCE],
+                expiration_seconds=3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=pod, uid=uid
+                ),
+            )
+        ),
+    ).status.token
+    return token
 
 
 def running_status() -> dict[str, Any]:
@@ -82,14 +110,18 @@ def running_status() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--channel", choices=("push", "annotation"), default="push")
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument(
         "--unrelated", type=int, default=0, help="Pods of no TrainingJob, made before the jobs"
     )
     args = parser.parse_args()
-    n, window = args.jobs, args.window
-    interval = Settings().report_interval_seconds
+    n, window, push = args.jobs, args.window, args.channel == "push"
+    defaults = Settings()
+    interval = (
+        defaults.report_channel_interval_seconds if push else defaults.report_interval_seconds
+    )
     names = [f"job-{i:04d}" for i in range(n)]
 
     with tempfile.TemporaryDirectory() as tmp, ControlPlane(Path(tmp) / "cluster") as plane:
@@ -122,11 +154,16 @@ def main() -> int:
                 list(pool.map(lambda i: core.create_namespaced_pod("others", {
                     **other, "metadata": {**other["metadata"], "name": f"web-{i:05d}"}}),
                     range(args.unrelated)))  # fmt: skip
-        (port,) = free_ports(1)
+        port, channel_port = free_ports(2)
+        tls = report_channel_tls(Path(tmp) / "channel-tls")
+        url = f"https://127.0.0.1:{channel_port}"
+        channel = ["--report-channel-listen", f"127.0.0.1:{channel_port}",
+                   "--report-channel-url", url, "--report-channel-tls-dir", str(tls)]  # fmt: skip
         log = Path(tmp) / "operator.log"
         operator = subprocess.Popen(
             [sys.executable, "-m", "kubetrain", "--kubeconfig", str(plane.kubeconfig),
-             "--standalone", "--liveness", "", "--metrics-port", str(port)],
+             "--standalone", "--liveness", "", "--metrics-port", str(port),
+             *(channel if push else [])],
             stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
         try:
@@ -153,29 +190,57 @@ def main() -> int:
                 list(pool.map(lambda p: core.patch_namespaced_pod_status(
                     p, NS, running_status()), pods))  # fmt: skip
 
-            # Trainers: one report per job every `interval`, spread evenly, a step each.
+            tokens: dict[str, str] = {}
+            if push:  # the Pods' bound report tokens, as a kubelet would project them
+                uids = {p.metadata.name: p.metadata.uid for p in core.list_namespaced_pod(NS).items}
+                pod_of = {m: f"{m}-worker-0-a1" for m in names}
+                with ThreadPoolExecutor(16) as pool:
+                    made = pool.map(lambda m: bound_token(core, pod_of[m], uids[pod_of[m]]), names)
+                    tokens = dict(zip(names, made, strict=True))
+            https = urllib3.PoolManager(
+                maxsize=8, ssl_context=ssl.create_default_context(cafile=str(tls / "ca.crt"))
+            )
+
+            # Trainers: one report per job every `interval`, spread evenly, a step each; each
+            # 60th report of a job (at a different report for each job) adds a checkpoint.
             step = dict.fromkeys(names, 0)
             sent: dict[tuple[str, int], float] = {}
+            latest: dict[str, int] = {}
+            checkpoints: dict[tuple[str, str], float] = {}
             stop = threading.Event()
             reports = [0]
+            refused: list[str] = []
 
-            def report(name: str) -> None:
+            def report(name: str, offset: int) -> None:
                 step[name] += 1
-                body = {
+                at = step[name]
+                body: dict[str, Any] = {
                     "version": 1,
                     "time": datetime.now(UTC).isoformat(),
                     "epoch": 1,
                     "totalEpochs": 1,
-                    "step": step[name],
+                    "step": at,
                     "totalSteps": 100_000,
                     "loss": 2.0,
                 }
-                sent[(name, step[name])] = time.monotonic()
-                core.patch_namespaced_pod(
-                    f"{name}-worker-0-a1",
-                    NS,
-                    {"metadata": {"annotations": {ANNOTATION: json.dumps(body)}}},
-                )
+                if at > 2 and (at + offset) % 60 == 0:
+                    made = {"id": f"step-{at}", "epoch": 1, "step": at, "createdAt": body["time"]}
+                    body["checkpoints"] = [{**made, "path": f"/c/{at}"}]
+                    checkpoints[(name, f"step-{at}")] = time.monotonic()
+                sent[(name, at)] = time.monotonic()
+                latest[name] = at
+                text = json.dumps(body)
+                if push:
+                    answer = https.request(
+                        "POST", f"{url}/v1/reports", body=text.encode(),
+                        headers={"Authorization": f"Bearer {tokens[name]}"}, retries=False,
+                    )  # fmt: skip
+                    if answer.status != 202:
+                        refused.append(f"{answer.status} {answer.data[:200]!r}")
+                else:
+                    core.patch_namespaced_pod(
+                        f"{name}-worker-0-a1", NS, {"metadata": {"annotations": {ANNOTATION: text}}}
+                    )
                 reports[0] += 1
 
             def trainers() -> None:
@@ -186,29 +251,48 @@ def main() -> int:
                         due = start + tick * interval / n
                         if (wait := due - time.monotonic()) > 0:
                             stop.wait(wait)
-                        pool.submit(report, names[tick % n])
+                        pool.submit(report, names[tick % n], tick % n)
                         tick += 1
 
-            # Staleness: from a report's patch to its step appearing in status.
-            shown: list[float] = []
+            # Staleness: each second, how long each job's status has lagged its trainer (the
+            # age of the oldest report not yet in status); and report -> status for checkpoints.
+            shown: dict[str, int] = {}
+            lag: list[float] = []
+            checkpoint_delay: list[float] = []
             measuring = threading.Event()
 
             def watch_jobs() -> None:
                 w = watch.Watch()
                 for event in w.stream(
                     custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
-                    timeout_seconds=int(window) + 120,
+                    timeout_seconds=int(window) + 600,
                 ):  # fmt: skip
                     obj = event["object"]
-                    progress = (obj.get("status") or {}).get("progress") or {}
-                    at = sent.get((obj["metadata"]["name"], progress.get("currentStep") or -1))
-                    if measuring.is_set() and at is not None:
-                        shown.append(time.monotonic() - at)
+                    name = obj["metadata"]["name"]
+                    status = obj.get("status") or {}
+                    shown[name] = (status.get("progress") or {}).get("currentStep") or 0
+                    made = checkpoints.pop((name, status.get("latestCheckpoint") or ""), None)
+                    if measuring.is_set() and made is not None:
+                        checkpoint_delay.append(time.monotonic() - made)
                     if stop.is_set():
                         w.stop()
 
+            def sample() -> None:
+                while not stop.wait(1.0):
+                    if not measuring.is_set():
+                        continue
+                    now = time.monotonic()
+                    for name in names:
+                        behind = sent.get((name, shown.get(name, 0) + 1))
+                        lag.append(
+                            now - behind
+                            if behind and latest.get(name, 0) > shown.get(name, 0)
+                            else 0.0
+                        )
+
             threading.Thread(target=trainers, daemon=True).start()
             threading.Thread(target=watch_jobs, daemon=True).start()
+            threading.Thread(target=sample, daemon=True).start()
             time.sleep(2 * interval)  # warm up: every job reported twice, status caught up
             before, cpu0, reports0 = operator_metrics(port), cpu_seconds(operator.pid), reports[0]
             measuring.set()
@@ -235,10 +319,19 @@ def main() -> int:
     report_rate = (reports1 - reports0) / n / minutes
     operator_writes = sum(per_job.get(verb, 0.0) for verb in WRITES)
     total = report_rate + operator_writes
+    how = "pushed on the report channel" if push else "patched onto their Pods"
     print(
-        f"steady state: {n} running jobs, trainers reporting every {interval:g}s, "
-        f"{elapsed:.0f}s measured, {args.unrelated} unrelated Pods in the cluster"
+        f"steady state: {n} running jobs, trainers reporting every {interval:g}s ({how}), "
+        f"status at most every {defaults.status_interval_seconds:g}s, {elapsed:.0f}s measured, "
+        f"{args.unrelated} unrelated Pods in the cluster"
     )
+    if push:
+        pushed = after.get("pushed", 0.0) - before.get("pushed", 0.0)
+        print(
+            f"  channel: {pushed:.0f} reports pushed ({pushed / elapsed:.0f}/s), "
+            f"{after.get('token_reviews', 0.0):.0f} TokenReviews in all (one per token), "
+            f"{len(refused)} refused{': ' + refused[0] if refused else ''}"
+        )
     print(
         f"  writes per running job per minute: {total:.1f} (reports {report_rate:.1f}, "
         f"operator {operator_writes:.1f}: status {per_job.get('status', 0.0):.1f}, other "
@@ -249,12 +342,16 @@ def main() -> int:
         f"  all jobs: {total * n / 60:.0f} writes/s to the API server, "
         f"{total * 1000 / 60:.0f} writes/s at 1,000 jobs at this rate"
     )
-    if shown:
-        ordered = sorted(shown)
-        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    if lag:
         print(
-            f"  report -> status: p50 {statistics.median(shown):.2f}s p99 {p99:.2f}s; progress "
-            f"in status at most {interval + p99:.0f}s stale (report interval + p99)   goal <= 15s"
+            f"  progress in status behind the trainer: p50 {percentile(lag, 0.5):.1f}s "
+            f"p99 {percentile(lag, 0.99):.1f}s max {max(lag):.1f}s   goal <= 15s"
+        )
+    if checkpoint_delay:
+        print(
+            f"  new checkpoint -> status: p50 {percentile(checkpoint_delay, 0.5):.2f}s "
+            f"p99 {percentile(checkpoint_delay, 0.99):.2f}s ({len(checkpoint_delay)} checkpoints)"
+            "   goal <= 1s p99"
         )
     print(
         f"  operator CPU {(cpu1 - cpu0) / elapsed:.2f} cores, RSS {rss:.0f} MB   "

@@ -25,7 +25,8 @@ def job(name: str) -> dict[str, Any]:
 
 
 def operator_metrics(port: int) -> dict[str, float]:
-    """API requests the reconciler sent, by verb, and ``status``: its status writes."""
+    """API requests the reconciler sent, by verb; ``status``: its status writes;
+    ``token_reviews`` and ``pushed``: the report channel's TokenReviews and reports."""
     url = f"http://127.0.0.1:{port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     out: dict[str, float] = {}
@@ -34,4 +35,8 @@ def operator_metrics(port: int) -> dict[str, float]:
             out[line.split('verb="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("kubetrain_status_writes_total "):
             out["status"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kubetrain_token_reviews_total "):
+            out["token_reviews"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kubetrain_pushed_reports_total{"):
+            out["pushed"] = out.get("pushed", 0.0) + float(line.rsplit(" ", 1)[1])
     return out

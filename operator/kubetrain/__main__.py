@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-interval-seconds", type=float, help="how often trainers report progress"
     )
+    parser.add_argument("--report-channel-listen", help="host:port of the report channel")
+    parser.add_argument("--report-channel-url", help="the channel's URL as trainers reach it")
+    parser.add_argument("--report-channel-tls-dir", help="tls.crt, tls.key and ca.crt")
+    parser.add_argument(
+        "--report-channel-interval-seconds", type=float, help="how often trainers push"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -49,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         status_interval_seconds=args.status_interval_seconds,
         resync_seconds=args.resync_seconds,
         report_interval_seconds=args.report_interval_seconds,
+        report_channel_listen=args.report_channel_listen,
+        report_channel_url=args.report_channel_url,
+        report_channel_tls_dir=args.report_channel_tls_dir,
+        report_channel_interval_seconds=args.report_channel_interval_seconds,
     )
     memo = kopf.Memo(
         settings=settings,

@@ -11,6 +11,7 @@ import yaml
 from kubernetes import client
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.api.report import ANNOTATION
 from kubetrain.localcluster.nodeagent import NodeAgent
 from tests.integration.operator_fixtures import OperatorProcess, wait_for
 
@@ -80,6 +81,9 @@ def test_a_tiny_lora_job_trains_to_completion(job: Job) -> None:
     running = job.until(lambda s: _step(s) > 0, "progress mirrored from the trainer")
     assert running["phase"] == "Running"
     assert running["metrics"]["currentLoss"] > 0
+    # Progress came on the operator's report channel: the trainer wrote nothing to its Pod.
+    pod = job.core.read_namespaced_pod("tiny-worker-0-a1", job.ns)
+    assert ANNOTATION not in (pod.metadata.annotations or {})
     done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
     progress = done["progress"]
     assert progress["currentStep"] == progress["totalSteps"] and progress["percentage"] == 100.0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from kubetrain.api.report import ANNOTATION, EXIT_STOPPED
+from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE, EXIT_STOPPED
+from kubetrain.trainer.reporter import Channel, PushSink
 from tests.polling import eventually
 
 
@@ -110,3 +112,30 @@ def checkpoint(id_: str, epoch: int, step: int, loss: float) -> dict[str, Any]:
         "sizeBytes": 1024,
         "path": f"/checkpoints/{id_}",
     }
+
+
+def report_token(
+    core: client.CoreV1Api, namespace: str, pod: str, audience: str = CHANNEL_AUDIENCE
+) -> str:
+    """A token for the Pod's ServiceAccount bound to the Pod, as a kubelet projects it."""
+    found = core.read_namespaced_pod(pod, namespace)
+    token: str = core.create_namespaced_service_account_token(
+        found.spec.service_account_name or "default",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[audience],
+                expiration_seconds=600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=pod, uid=found.metadata.uid
+                ),
+            )
+        ),
+    ).status.token
+    return token
+
+
+def push(url: str, ca_pem: str, token_file: Path, **fields: Any) -> None:
+    """Push a progress report on the operator's channel with the trainer's own sink."""
+    body = {"version": 1, "time": _now(), **fields}
+    PushSink(Channel(url, ca_pem, token_file, 1.0)).send(json.dumps(body))

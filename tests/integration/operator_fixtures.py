@@ -24,6 +24,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.localcluster import ControlPlane, find_binary
+from kubetrain.localcluster.pki import report_channel_tls
+from kubetrain.localcluster.ports import free_ports
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,9 +195,26 @@ def operator_identity(cluster: ControlPlane, core: client.CoreV1Api, tmp: Path) 
 class OperatorProcess:
     """``python -m kubetrain`` as a child process, stoppable and restartable by PID."""
 
-    def __init__(self, kubeconfig: Path, config: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, config: Path, log: Path, *, channel: bool = True) -> None:
         self.kubeconfig, self.config, self.log = kubeconfig, config, log
         self.process: subprocess.Popen[bytes] | None = None
+        # The report channel on loopback, as trainers on the local node reach it.
+        self.channel_port = free_ports(1)[0] if channel else None
+        self.channel_tls = (
+            report_channel_tls(log.parent / f"{log.stem}-channel-tls") if channel else None
+        )
+
+    def channel_argv(self) -> list[str]:
+        if self.channel_port is None or self.channel_tls is None:
+            return []
+        return [
+            "--report-channel-listen",
+            f"127.0.0.1:{self.channel_port}",
+            "--report-channel-url",
+            f"https://127.0.0.1:{self.channel_port}",
+            "--report-channel-tls-dir",
+            str(self.channel_tls),
+        ]
 
     def argv(self) -> list[str]:
         return [
@@ -220,6 +239,9 @@ class OperatorProcess:
             "2",
             "--report-interval-seconds",  # tiny jobs last seconds: report often
             "1",
+            "--report-channel-interval-seconds",
+            "1",
+            *self.channel_argv(),
         ]
 
     def start(self) -> None:

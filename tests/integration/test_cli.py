@@ -148,7 +148,7 @@ def test_list_describe_and_checkpoints_show_progress_and_parse(
         assert expected in described, f"{expected!r} missing from:\n{described}"
     events = described.split("Events:")[1].splitlines()
     assert events[1].split() == ["TYPE", "REASON", "AGE", "MESSAGE"]
-    assert {line.split()[1] for line in events[2:]} >= {"Created", "TrainerRunning"}
+    assert {line.split()[1] for line in events[2:]} >= {"Created"}
     stored = yaml.safe_load(train.run("describe", "busy", "-o", "yaml").stdout)
     assert stored["status"]["phase"] == "Running" and stored["metadata"]["uid"]
     assert "managedFields" not in stored["metadata"]

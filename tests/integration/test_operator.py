@@ -12,6 +12,15 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.api.report import ANNOTATION
+from kubetrain.localcluster.ports import free_ports
+from kubetrain.trainer.reporter import (
+    Channel,
+    ChannelError,
+    ChannelSink,
+    PodAnnotationSink,
+    PushSink,
+)
 from tests.integration import kubelet
 from tests.integration.operator_fixtures import OperatorProcess, wait_for
 
@@ -672,3 +681,104 @@ def test_deleting_a_job_removes_its_children(jobs: Jobs) -> None:
         )
 
     wait_for(gone, "garbage collection of the job's children", timeout=60)
+
+
+def test_reports_pushed_on_the_channel_reach_status_without_any_pod_write(
+    jobs: Jobs, operator: OperatorProcess, tmp_path: Any
+) -> None:
+    jobs.create(llm_job("pushed", resources={"workers": 2, "gpuType": "a100"}))
+    pods = jobs.live_pods("pushed", 2)
+    env = _env(pods[0])
+    url, ca = env["KUBETRAIN_REPORT_URL"], env["KUBETRAIN_REPORT_CA"]
+    assert url == f"https://127.0.0.1:{operator.channel_port}/v1/reports"
+    assert env["KUBETRAIN_REPORT_TOKEN_FILE"] == "/var/run/secrets/kubetrain.io/report/token"
+    projected = next(v for v in pods[0].spec.volumes if v.name == "report-token").projected
+    assert projected.sources[0].service_account_token.audience == "kubetrain.io/report"
+    _run_all(jobs, "pushed", pods)
+    jobs.phase("pushed", "Running")
+    before = jobs.core.read_namespaced_pod("pushed-worker-0-a1", jobs.ns).metadata
+
+    token = tmp_path / "token"
+    token.write_text(kubelet.report_token(jobs.core, jobs.ns, "pushed-worker-0-a1"))
+    kubelet.push(
+        url, ca, token, epoch=1, totalEpochs=1, step=4, totalSteps=10, loss=0.75,
+        checkpoints=[kubelet.checkpoint("step-4", 1, 4, 0.75)],
+    )  # fmt: skip
+    status = jobs.until(
+        "pushed", lambda s: (s.get("progress") or {}).get("currentStep") == 4, "pushed progress"
+    )
+    assert status["latestCheckpoint"] == "step-4" and status["metrics"]["currentLoss"] == 0.75
+    after = jobs.core.read_namespaced_pod("pushed-worker-0-a1", jobs.ns).metadata
+    assert after.resource_version == before.resource_version  # no write to the Pod
+    assert ANNOTATION not in (after.annotations or {})
+
+    # Only a token the API server bound to a worker Pod, for the channel's audience, counts.
+    with pytest.raises(ChannelError, match="answered 401"):
+        kubelet.push(url, ca, _file(tmp_path, "none", "not-a-token"), step=5, totalSteps=10)
+    api_token = kubelet.report_token(jobs.core, jobs.ns, "pushed-worker-0-a1", audience="")
+    with pytest.raises(ChannelError, match="answered 401"):
+        kubelet.push(url, ca, _file(tmp_path, "api", api_token), step=5, totalSteps=10)
+    jobs.core.create_namespaced_pod(
+        jobs.ns,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="bystander"),
+            spec=client.V1PodSpec(
+                service_account_name="kubetrain-trainer",
+                containers=[client.V1Container(name="x", image="x")],
+            ),
+        ),
+    )
+    bystander = kubelet.report_token(jobs.core, jobs.ns, "bystander")
+    with pytest.raises(ChannelError, match="answered 404"):
+        kubelet.push(url, ca, _file(tmp_path, "bystander", bystander), step=5, totalSteps=10)
+    assert jobs.status("pushed")["progress"]["currentStep"] == 4
+
+    # A bad report on the channel gets the same Warning as on the annotation.
+    kubelet.push(url, ca, token, step=11, totalSteps=10)
+    event = jobs.event("InvalidProgressReport")[0]
+    assert "step 11 is past totalSteps 10" in event.message
+
+    # A final report is pushed and kept on the Pod too, for an operator that restarts.
+    sink = ChannelSink(
+        PushSink(Channel(url, ca, token, 1.0)),
+        PodAnnotationSink(jobs.core, jobs.ns, "pushed-worker-0-a1"),
+        fallback_interval=60,
+    )
+    sink.send(json.dumps({"version": 1, "time": kubelet._now(), "state": "completed",
+                          "epoch": 1, "totalEpochs": 1, "step": 10, "totalSteps": 10}))  # fmt: skip
+    assert (sink.pushed, sink.annotated) == (1, 1)
+    for pod in pods:
+        kubelet.finish(jobs.core, jobs.ns, pod.metadata.name, 0)
+    status = jobs.phase("pushed", "Completed")
+    assert status["progress"]["percentage"] == 100.0
+
+
+def test_trainers_fall_back_to_their_pod_when_the_channel_is_down(
+    jobs: Jobs, operator: OperatorProcess, tmp_path: Any
+) -> None:
+    jobs.create(llm_job("fallback"))
+    pod = jobs.live_pods("fallback", 1)[0]
+    env = _env(pod)
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    jobs.phase("fallback", "Running")
+    token = _file(tmp_path, "token", kubelet.report_token(jobs.core, jobs.ns, pod.metadata.name))
+    dead = f"https://127.0.0.1:{free_ports(1)[0]}/v1/reports"  # nothing listens there
+    sink = ChannelSink(
+        PushSink(Channel(dead, env["KUBETRAIN_REPORT_CA"], token, 1.0)),
+        PodAnnotationSink(jobs.core, jobs.ns, pod.metadata.name),
+        fallback_interval=0,
+    )
+    sink.send(json.dumps({"version": 1, "time": kubelet._now(), "epoch": 1, "totalEpochs": 1,
+                          "step": 3, "totalSteps": 10}))  # fmt: skip
+    assert (sink.pushed, sink.annotated) == (0, 1)
+    jobs.until(
+        "fallback",
+        lambda s: (s.get("progress") or {}).get("currentStep") == 3,
+        "annotated progress",
+    )
+
+
+def _file(directory: Any, name: str, text: str) -> Any:
+    path = directory / name
+    path.write_text(text)
+    return path

@@ -1,4 +1,4 @@
-"""The progress report a trainer writes to an annotation on its own Pod.
+"""The progress report a trainer pushes to the operator, or writes to an annotation on its own Pod.
 
 One module for both sides: the trainer runtime builds a ``ProgressReport`` and serialises
 it with ``encode``; the operator reads the annotation back with ``decode``, which treats
@@ -17,6 +17,13 @@ from pydantic.alias_generators import to_camel
 
 ANNOTATION = "kubetrain.io/progress"
 """The Pod annotation that carries the JSON report."""
+
+CHANNEL_AUDIENCE = "kubetrain.io/report"
+"""The audience of the Pod-bound token a trainer pushes reports to the operator with."""
+CHANNEL_PATH = "/v1/reports"
+"""Where on the operator's report channel reports are POSTed."""
+CHANNEL_TOKEN_DIR = "/var/run/secrets/kubetrain.io/report"
+"""Where the trainer's Pod has its report token (a projected serviceAccountToken)."""
 
 MAX_REPORT_BYTES = 32 * 1024
 MAX_CHECKPOINTS = 64

@@ -132,3 +132,13 @@ def new_signing_key() -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return _key_pem(key), public
+
+
+def report_channel_tls(directory: Path, host: str = "127.0.0.1") -> Path:
+    """``ca.crt``, ``tls.crt`` and ``tls.key`` for an operator's report channel on ``host``
+    (the layout of a kubernetes.io/tls Secret with its CA, as the chart mounts it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = new_ca("kubetrain-report-channel-ca")
+    issue(ca, "kubetrain-report-channel", ip_addresses=(host,), server=True).write(directory, "tls")
+    (directory / "ca.crt").write_bytes(ca.cert_pem)
+    return directory

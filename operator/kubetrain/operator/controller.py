@@ -17,6 +17,7 @@ from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.queue import WorkQueue
 from kubetrain.operator.reconcile.reconciler import Reconciler
 from kubetrain.operator.render import LABEL_TRAINER_IDENTITY
+from kubetrain.operator.reports import Inbox, PodIdentity
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.watching import NamespaceFilter, Watcher
 
@@ -36,8 +37,9 @@ class Controller:
 
     def __init__(self, cluster: Cluster, settings: Settings, workers: int = 4) -> None:
         self.cache = Cache()
+        self.inbox = Inbox()
         self.queue: WorkQueue[Key] = WorkQueue()
-        self.reconciler = Reconciler(cluster, self.cache, settings)
+        self.reconciler = Reconciler(cluster, self.cache, settings, inbox=self.inbox)
         self.active: Gate = threading.Event()  # set while this replica leads (always, standalone)
         self._stopped = threading.Event()
         self._watchers: list[Watcher] = []
@@ -103,7 +105,11 @@ class Controller:
         key: Key = (meta.get("namespace", ""), job)
         name, deleted = meta.get("name", ""), event.get("type") == "DELETED"
         if kind == "Pod":
-            self.cache.drop_pod(key, name) if deleted else self.cache.put_pod(key, body)
+            if deleted:
+                self.cache.drop_pod(key, name)
+                self.inbox.drop(meta.get("uid", ""))
+            else:
+                self.cache.put_pod(key, body)
         elif deleted:
             self.cache.drop_child(key, kind, name)
         else:
@@ -123,6 +129,19 @@ class Controller:
         for job in self.cache.jobs():
             if job["metadata"]["namespace"] == namespace:
                 self.queue.add((namespace, job["metadata"]["name"]))
+
+    def accept_report(self, pod: PodIdentity, text: str) -> int:
+        """A report pushed by the trainer of ``pod`` (vouched for by its token): 202 when
+        kept, 404 when the Pod is not a worker this operator knows."""
+        found = self.cache.pod(pod.namespace, pod.name)
+        if found is None or found[1]["metadata"].get("uid") != pod.uid:
+            return 404
+        key, _ = found
+        if self.inbox.put(pod.uid, text):
+            self.queue.add(key)  # a checkpoint, epoch or state change: mirrored at once
+        else:
+            self.queue.add(key, self.reconciler.progress_due_in(key))
+        return 202
 
     def resync(self) -> None:
         """Queue every known job: on becoming the leader, take stock of everything."""

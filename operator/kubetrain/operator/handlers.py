@@ -22,10 +22,14 @@ from kubetrain.operator.controller import Controller
 from kubetrain.operator.kube import Cluster
 from kubetrain.operator.leader import LeaderElector
 from kubetrain.operator.render import TRAINER_POLICY
+from kubetrain.operator.reports import ReportServer, TokenReviewer, server_context
 from kubetrain.operator.settings import Settings, load_settings
 from kubetrain.operator.watching import NamespaceFilter
 
 log = logging.getLogger(__name__)
+
+CHANNEL_LABEL = "kubetrain.io/report-channel"
+"""On the leading replica's Pod: the report channel's Service selects it."""
 
 
 def _api_client(kubeconfig: str | None, pool: int) -> client.ApiClient:
@@ -64,24 +68,53 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
         )
     controller = Controller(cluster, operator_settings, workers=workers)
     memo["controller"] = controller
+    channel = operator_settings.report_channel_listen
     if memo.get("standalone"):
         standalone = threading.Event()
         standalone.set()
         controller.active = standalone
     else:
+
+        def elected() -> None:
+            controller.resync()
+            if channel:
+                cluster.label_own_pod(CHANNEL_LABEL, "serving")
+
+        def lost() -> None:
+            if channel:
+                cluster.label_own_pod(CHANNEL_LABEL, None)
+
         elector = LeaderElector(
             api,
             memo.get("lease_namespace") or os.environ.get("POD_NAMESPACE") or "default",
             memo.get("lease_name") or "kubetrain-operator",
             f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
             lease_seconds=operator_settings.lease_seconds,
-            on_elected=controller.resync,
+            on_elected=elected,
+            on_lost=lost,
         )
         controller.active = elector.leading
         memo["elector"] = elector
         elector.start()
     controller.watch_children(api, NamespaceFilter(memo.get("namespaces") or ()))
     controller.start()  # its workers wait for the children's first lists
+    if channel:
+        if not operator_settings.report_channel_tls_dir:
+            raise kopf.PermanentError(
+                "reportChannelListen is set without reportChannelTlsDir: trainers send bearer "
+                "tokens on the channel, so it is served over TLS only"
+            )
+        server = ReportServer(
+            channel,
+            server_context(Path(operator_settings.report_channel_tls_dir)),
+            TokenReviewer(client.AuthenticationV1Api(api)),
+            controller.accept_report,
+            controller.active.is_set,
+        )
+        server.start()
+        memo["report_server"] = server
+        log.info("report channel on https://%s (trainers use %s)", channel,
+                 operator_settings.report_channel_url)  # fmt: skip
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port, operator_settings.metrics_address)
     log.info("kubetrain operator started with %d workers", workers)
@@ -108,6 +141,9 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
+    server: ReportServer | None = memo.get("report_server")
+    if server is not None:
+        server.stop()
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         controller.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -134,6 +135,26 @@ class Cluster:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+    def label_own_pod(self, label: str, value: str | None) -> None:
+        """Set (or remove, ``value`` None) a label on this replica's own Pod ($POD_NAME in
+        $POD_NAMESPACE); nothing outside a Pod. Best effort: a failure is logged."""
+        name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if not name or not namespace:
+            return
+        self._count("patch")
+        try:
+            _discard(
+                self.core.patch_namespaced_pod(
+                    name,
+                    namespace,
+                    {"metadata": {"labels": {label: value}}},
+                    _preload_content=False,
+                    _request_timeout=TIMEOUT,
+                )
+            )
+        except (ApiException, HTTPError, OSError) as err:
+            log.warning("cannot label this replica's Pod %s/%s: %s", namespace, name, err)
 
     def replace_status(self, job: JSON) -> JSON:
         """Write ``job['status']`` guarded by its resourceVersion.

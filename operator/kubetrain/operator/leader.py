@@ -70,6 +70,7 @@ class LeaderElector:
         *,
         lease_seconds: int = 15,
         on_elected: Callable[[], None] = lambda: None,
+        on_lost: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = client.CoordinationV1Api(api_client)
@@ -80,7 +81,7 @@ class LeaderElector:
         self.retry_period = max(lease_seconds / 7.5, 0.2)
         # A renewal that hangs must give up before the renew deadline runs out under it.
         self._timeout = (min(5.0, self.renew_deadline / 2), max(self.renew_deadline / 2, 1.0))
-        self.on_elected = on_elected
+        self.on_elected, self.on_lost = on_elected, on_lost
         self._clock = clock
         self.leading = Leadership(self.renew_deadline, clock)
         self._observed: tuple[Any, ...] | None = None  # the Lease record last seen
@@ -119,6 +120,7 @@ class LeaderElector:
                 # One failed renewal is not the end: only the renew deadline is.
                 log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
                 self.leading.lost()
+                self.on_lost()
             self._stop.wait(self.retry_period)
 
     def _try(self) -> bool:

@@ -24,6 +24,14 @@ WATCH_EVENTS = Counter(
     "Changes of the operator's children its watches received (selected by the API server).",
     ["kind"],
 )
+PUSHED_REPORTS = Counter(
+    "kubetrain_pushed_reports_total",
+    "Progress reports trainers pushed to the report channel, by HTTP status answered.",
+    ["code"],
+)
+TOKEN_REVIEWS = Counter(
+    "kubetrain_token_reviews_total", "TokenReviews sent to authenticate trainers' reports."
+)
 API_REQUESTS = Counter(
     "kubetrain_api_requests_total", "Requests the reconciler sent to the API server.", ["verb"]
 )

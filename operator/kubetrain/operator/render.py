@@ -25,7 +25,7 @@ from kubetrain.api.children import (
     worker_hostname,
 )
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import ANNOTATION
+from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE, CHANNEL_PATH, CHANNEL_TOKEN_DIR
 from kubetrain.api.spec import ModelType, TrainingJobSpec
 from kubetrain.operator.settings import Settings
 
@@ -234,6 +234,14 @@ def _env(
         {"name": "KUBETRAIN_REPORT_INTERVAL_SECONDS", "value": f"{report_interval:g}"},
         {"name": "RESUME_FROM", "value": resume_from},
     ]
+    if settings.report_channel_url:
+        channel = settings.report_channel_interval_seconds
+        env += [
+            {"name": "KUBETRAIN_REPORT_URL", "value": _channel_url(settings.report_channel_url)},
+            {"name": "KUBETRAIN_REPORT_CA", "value": settings.report_channel_ca},
+            {"name": "KUBETRAIN_REPORT_TOKEN_FILE", "value": f"{CHANNEL_TOKEN_DIR}/token"},
+            {"name": "KUBETRAIN_REPORT_CHANNEL_INTERVAL_SECONDS", "value": f"{channel:g}"},
+        ]
     dataset = spec.dataset
     if dataset.pvc is not None:
         path = f"{DATASET_MOUNT}/{dataset.pvc.sub_path}" if dataset.pvc.sub_path else DATASET_MOUNT
@@ -253,6 +261,10 @@ def _env(
     user = [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
     overridden = {u["name"] for u in user}
     return [e for e in env if e["name"] not in overridden] + user
+
+
+def _channel_url(base: str) -> str:
+    return base.rstrip("/") + CHANNEL_PATH
 
 
 def _image_and_command(spec: TrainingJobSpec, settings: Settings) -> tuple[str, list[str]]:
@@ -297,6 +309,12 @@ def worker_pod(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    if settings.report_channel_url:
+        token = {"audience": CHANNEL_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
+        volumes.append(
+            {"name": "report-token", "projected": {"sources": [{"serviceAccountToken": token}]}}
+        )
+        mounts.append({"name": "report-token", "mountPath": CHANNEL_TOKEN_DIR, "readOnly": True})
     if spec.dataset.pvc is not None:
         volumes.append(
             {

@@ -43,7 +43,12 @@ class Settings(BaseModel):
         default=120, ge=1, description="Time a trainer gets to checkpoint after SIGTERM."
     )
     status_interval_seconds: float = Field(
-        default=3.0, ge=0, description="At most one progress-only status write per job per this."
+        default=20.0,
+        ge=0,
+        description=(
+            "At most one progress-only status write per job per this (3 a minute by default); "
+            "phase, condition, checkpoint and epoch changes are written at once."
+        ),
     )
     usage_interval_seconds: float = Field(
         default=60.0,
@@ -68,6 +73,33 @@ class Settings(BaseModel):
             "How often a trainer reports progress (KUBETRAIN_REPORT_INTERVAL_SECONDS); "
             "checkpoints, epoch ends and state changes are reported at once."
         ),
+    )
+    report_channel_url: str = Field(
+        default="",
+        description=(
+            "Where trainers push their reports (the operator's report Service, e.g. "
+            "https://kubetrain-reports.kubetrain-system.svc:8443); empty: reports go to the "
+            "Pod's annotation only."
+        ),
+    )
+    report_channel_listen: str = Field(
+        default="", description="host:port the operator serves the report channel on."
+    )
+    report_channel_tls_dir: str = Field(
+        default="",
+        description="Directory with the channel's tls.crt, tls.key and ca.crt (trainers' CA).",
+    )
+    report_channel_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How often a trainer pushes progress on the channel (no etcd write); on the "
+            "annotation fallback it keeps to reportIntervalSeconds."
+        ),
+    )
+    report_channel_ca: str = Field(
+        default="",
+        description="The CA trainers verify the channel with (read from reportChannelTlsDir).",
     )
     resync_seconds: float = Field(
         default=15.0, gt=0, description="How often running jobs are re-evaluated (ETA, cost)."
@@ -125,4 +157,8 @@ def load_settings(
     base = Settings.model_validate(data)
     merged = base.model_dump() | _env_overrides(dict(os.environ if environ is None else environ))
     merged |= {k: v for k, v in flags.items() if v is not None}
-    return Settings.model_validate(merged)
+    settings = Settings.model_validate(merged)
+    if settings.report_channel_tls_dir and not settings.report_channel_ca:
+        ca = Path(settings.report_channel_tls_dir) / "ca.crt"
+        settings = settings.model_copy(update={"report_channel_ca": ca.read_text()})
+    return settings

@@ -114,6 +114,12 @@ class RuntimeEnv:
     pod_namespace: str | None = None
     annotation: str = ANNOTATION
     report_interval: float = DEFAULT_REPORT_INTERVAL
+    report_url: str = ""
+    """The operator's report channel; empty: reports go to the Pod's annotation only."""
+    report_ca: str = ""
+    report_token_file: Path | None = None
+    channel_interval: float = DEFAULT_REPORT_INTERVAL
+    """How often reports are pushed on the channel (report_interval applies to annotations)."""
     report_file: Path | None = None
     """Outside a cluster: write each report to this JSON file instead of the Pod annotation."""
     pause_at_step: int | None = None
@@ -129,6 +135,8 @@ class RuntimeEnv:
         dataset = environ.get("KUBETRAIN_DATASET_PATH")
         interval = _float(environ, "KUBETRAIN_REPORT_INTERVAL_SECONDS", DEFAULT_REPORT_INTERVAL)
         report_file = environ.get("KUBETRAIN_REPORT_FILE")
+        token_file = environ.get("KUBETRAIN_REPORT_TOKEN_FILE")
+        channel = _float(environ, "KUBETRAIN_REPORT_CHANNEL_INTERVAL_SECONDS", interval)
         pause = environ.get("KUBETRAIN_PAUSE_AT_STEP")
         resume = (environ.get("RESUME_FROM") or "").strip()
         return cls(
@@ -142,6 +150,10 @@ class RuntimeEnv:
             pod_namespace=environ.get("POD_NAMESPACE") or None,
             annotation=environ.get("KUBETRAIN_PROGRESS_ANNOTATION") or ANNOTATION,
             report_interval=interval,
+            report_url=environ.get("KUBETRAIN_REPORT_URL", ""),
+            report_ca=environ.get("KUBETRAIN_REPORT_CA", ""),
+            report_token_file=Path(token_file) if token_file else None,
+            channel_interval=channel,
             report_file=Path(report_file) if report_file else None,
             pause_at_step=_int(environ, "KUBETRAIN_PAUSE_AT_STEP", 0, minimum=1) if pause else None,
             distributed=Distributed.from_env(environ),

@@ -1,4 +1,5 @@
-"""Progress reports from rank 0 to the Pod's annotation, off the training thread.
+"""Progress reports from rank 0 to the operator's report channel or the Pod's annotation,
+off the training thread.
 
 Training calls ``submit`` (never blocks: a newer report replaces one not yet sent), a
 background thread sends at most one report per interval, and a slow or failing API only
@@ -8,15 +9,21 @@ a deadline. Outside a cluster the same reports go to a JSON file or to the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kubetrain.api.report import ANNOTATION, ProgressReport, ReportError, encode
+
+if TYPE_CHECKING:
+    from kubetrain.trainer.config import RuntimeEnv
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,123 @@ class PodAnnotationSink:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         configuration.retries = 0  # the reporter retries itself, without holding a report
         return cls(client.CoreV1Api(client.ApiClient(configuration)), namespace, pod, annotation)
+
+
+class ChannelError(RuntimeError):
+    """The report channel did not take the report (its HTTP status, or no answer)."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """The operator's report channel, as the operator configured the Pod."""
+
+    url: str
+    ca_pem: str
+    token_file: Path
+    fallback_interval: float
+
+    @classmethod
+    def from_env(cls, env: RuntimeEnv) -> Channel | None:
+        if not env.report_url or env.report_token_file is None:
+            return None
+        return cls(env.report_url, env.report_ca, env.report_token_file, env.report_interval)
+
+
+class PushSink:
+    """POSTs each report to the operator over HTTPS, with the Pod's bound report token.
+
+    The token file is read for every report: the kubelet rotates it in place.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        import urllib3  # noqa: PLC0415 - only in a Pod
+
+        self.channel = channel
+        context = ssl.create_default_context(cadata=channel.ca_pem or None)
+        self._pool = urllib3.PoolManager(ssl_context=context, retries=False, maxsize=1)
+        self._timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
+
+    def send(self, text: str) -> None:
+        token = self.channel.token_file.read_text().strip()
+        try:
+            answer = self._pool.request(
+                "POST",
+                self.channel.url,
+                body=text.encode(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                timeout=self._timeout,
+            )
+        except Exception as err:
+            raise ChannelError(f"no answer from {self.channel.url}: {err}") from None
+        if answer.status >= 300:
+            detail = answer.data[:200].decode(errors="replace")
+            raise ChannelError(f"{self.channel.url} answered {answer.status} {detail}".rstrip())
+
+
+_DURABLE_STATES = frozenset({"completed", "failed", "stopping"})
+
+
+def _durable(text: str) -> bool:
+    """A last word (done, failed, stopped): it must outlive an operator restart."""
+    try:
+        return json.loads(text).get("state") in _DURABLE_STATES
+    except (ValueError, AttributeError):
+        return False
+
+
+class ChannelSink:
+    """The report channel first; the Pod's annotation when the channel is down.
+
+    A report that ends the trainer's run (completed, failed, stopping) goes to the
+    annotation as well, so it outlives an operator restart. On the fallback, reports keep to
+    the annotation interval; the channel is tried again after ``retry_after`` seconds.
+    """
+
+    def __init__(
+        self,
+        push: Sink,
+        annotation: Sink,
+        fallback_interval: float,
+        *,
+        retry_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.push, self.annotation = push, annotation
+        self.fallback_interval, self.retry_after, self._clock = (
+            fallback_interval,
+            retry_after,
+            clock,
+        )
+        self._down_until = 0.0
+        self._last_annotation = -float("inf")
+        self.pushed = self.annotated = self.skipped = 0
+
+    def send(self, text: str) -> None:
+        durable = _durable(text)
+        now = self._clock()
+        if now >= self._down_until:
+            try:
+                self.push.send(text)
+            except Exception as err:
+                log.warning(
+                    "report channel unavailable (%s); using the Pod annotation for %.0fs",
+                    err, self.retry_after,
+                )  # fmt: skip
+                self._down_until = now + self.retry_after
+            else:
+                self.pushed += 1
+                if durable:
+                    self._annotate(text, now)
+                return
+        if durable or now - self._last_annotation >= self.fallback_interval:
+            self._annotate(text, now)
+        else:
+            self.skipped += 1  # a newer report follows within the annotation interval
+
+    def _annotate(self, text: str, now: float) -> None:
+        self.annotation.send(text)
+        self._last_annotation = now
+        self.annotated += 1
 
 
 class Reporter:
@@ -195,14 +319,23 @@ class Reporter:
 
 
 def sink_from_env(
-    *, pod: str | None, namespace: str | None, annotation: str, report_file: Path | None
+    *,
+    pod: str | None,
+    namespace: str | None,
+    annotation: str,
+    report_file: Path | None,
+    channel: Channel | None = None,
 ) -> Sink:
-    """The Pod annotation in a cluster, else a report file if asked for, else the log."""
+    """In a cluster the report channel (when the operator serves one) with the Pod
+    annotation behind it, else a report file if asked for, else the log."""
     if report_file is not None:
         return FileSink(report_file)
     if pod and namespace:
         try:
-            return PodAnnotationSink.in_cluster(namespace, pod, annotation)
+            pod_sink = PodAnnotationSink.in_cluster(namespace, pod, annotation)
+            if channel is None:
+                return pod_sink
+            return ChannelSink(PushSink(channel), pod_sink, channel.fallback_interval)
         except Exception as err:
             log.warning(
                 "cannot report to Pod %s/%s, logging reports instead: %s", namespace, pod, err

@@ -19,7 +19,7 @@ from kubetrain.api import TrainingJobSpec
 from kubetrain.api.report import MAX_CHECKPOINTS, ProgressReport, ReportedModel, TrainerState
 from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
 from kubetrain.trainer.config import RuntimeEnv
-from kubetrain.trainer.reporter import NullSink, Reporter, Sink, sink_from_env
+from kubetrain.trainer.reporter import Channel, ChannelSink, NullSink, Reporter, Sink, sink_from_env
 from kubetrain.trainer.signals import StopFlag
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class TrainingSession:
         self.is_main = env.distributed.is_main
         self.store = CheckpointStore(env.checkpoint_dir, spec.checkpoint.keep_last)
         self.stop = stop or StopFlag()
+        interval = env.report_interval
         if sink is None:
             sink = (
                 sink_from_env(
@@ -51,11 +52,14 @@ class TrainingSession:
                     namespace=env.pod_namespace,
                     annotation=env.annotation,
                     report_file=env.report_file,
+                    channel=Channel.from_env(env),
                 )
                 if self.is_main
                 else NullSink()
             )
-        self.reporter = Reporter(sink, env.report_interval)
+            if isinstance(sink, ChannelSink):
+                interval = env.channel_interval
+        self.reporter = Reporter(sink, interval)
         self.checkpoints: list[CheckpointInfo] = []
         self.started = time.monotonic()
         self.total_epochs = spec.training.epochs

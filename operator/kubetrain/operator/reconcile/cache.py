@@ -24,6 +24,7 @@ class Cache:
         self._lock = threading.Lock()
         self._jobs: dict[Key, JSON] = {}
         self._pods: dict[Key, dict[str, JSON]] = {}
+        self._pod_jobs: dict[Key, Key] = {}  # (namespace, Pod name) -> job
         self._children: dict[Key, dict[tuple[str, str], JSON]] = {}  # (kind, name) -> body
         self._shared: dict[tuple[str, str, str], JSON] = {}  # (namespace, kind, name) -> body
 
@@ -50,17 +51,26 @@ class Cache:
         with self._lock:
             pods = self._pods.setdefault(job, {})
             pods[name] = self._newer(pods.get(name), body)
+            self._pod_jobs[(job[0], name)] = job
 
     def drop_pod(self, job: Key, name: str) -> None:
         with self._lock:
             pods = self._pods.get(job, {})
             pods.pop(name, None)
+            self._pod_jobs.pop((job[0], name), None)
             if not pods:
                 self._pods.pop(job, None)
 
     def pods(self, job: Key) -> list[JSON]:
         with self._lock:
             return list(self._pods.get(job, {}).values())
+
+    def pod(self, namespace: str, name: str) -> tuple[Key, JSON] | None:
+        """The job and body of Pod ``namespace/name``, if it is a known worker."""
+        with self._lock:
+            job = self._pod_jobs.get((namespace, name))
+            body = self._pods.get(job, {}).get(name) if job else None
+            return (job, body) if job and body else None
 
     def put_child(self, job: Key, body: JSON) -> None:
         """A claim, ServiceAccount, Role, RoleBinding or Service labelled with ``job``."""

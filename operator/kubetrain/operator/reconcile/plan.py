@@ -98,7 +98,10 @@ class _Planner:
             st.conditions = self._condition(kind, ConditionStatus.TRUE, reason, message)
         if previous != phase:
             st.phase = phase
-            self.event(reason, message, warning=warning or phase is Phase.FAILED)
+            # Pending -> Running is routine: the Running condition records it, an Event (a
+            # write for the whole cluster) would not add to it. After a wait it is news.
+            if not (phase is Phase.RUNNING and previous is Phase.PENDING):
+                self.event(reason, message, warning=warning or phase is Phase.FAILED)
 
     def _condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> list:  # type: ignore[type-arg]
         return set_condition(

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,8 +28,9 @@ from kubetrain.operator.render import (
     trainer_identity,
     worker_pod,
 )
+from kubetrain.operator.reports import Inbox
 from kubetrain.operator.settings import Settings
-from kubetrain.operator.status import observe_pod, set_condition
+from kubetrain.operator.status import PodView, observe_pod, set_condition
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -91,6 +93,18 @@ def _clock_only(status: JSON) -> JSON:
     return rest
 
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _report_time(text: str) -> datetime:
+    """When the trainer made the report; the distant past when that is unreadable."""
+    try:
+        at = datetime.fromisoformat(json.loads(text)["time"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return _NEVER
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -115,8 +129,10 @@ class Reconciler:
         cache: Cache,
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
+        inbox: Inbox | None = None,
     ) -> None:
         self.cluster, self.cache, self.settings, self.clock = cluster, cache, settings, clock
+        self.inbox = Inbox() if inbox is None else inbox
         self._last_write: dict[Key, float] = {}
         self._bad_reports: dict[Key, dict[str, str]] = {}  # job -> Pod uid -> report digest
         self._errors: dict[Key, int] = {}  # failed reconciles in a row (backoff)
@@ -214,7 +230,9 @@ class Reconciler:
         # Children are this job's by controller owner: a Pod left by an earlier job of the
         # same name (being garbage-collected) is never counted or adopted.
         pods = [
-            observe_pod(p) for p in self.cache.pods(key) if controller_uid(p) == job.metadata.uid
+            self._with_pushed(observe_pod(p))
+            for p in self.cache.pods(key)
+            if controller_uid(p) == job.metadata.uid
         ]
         decided = plan(job, pods, now=now, settings=self.settings)
         # Actions follow a recorded status (the attempt number above all), so a status
@@ -240,6 +258,20 @@ class Reconciler:
             self.cluster.delete_job(*key)
             return None
         return self._next_look(decided, wait, running=any(p.phase == "Running" for p in pods))
+
+    def _with_pushed(self, pod: PodView) -> PodView:
+        """The Pod with the newer of its pushed and its annotated report."""
+        pushed = self.inbox.get(pod.uid)
+        if pushed is None or pushed == pod.report:
+            return pod
+        if pod.report and _report_time(pod.report) > _report_time(pushed):
+            return pod  # e.g. written by the fallback while this replica was away
+        return replace(pod, report=pushed)
+
+    def progress_due_in(self, key: Key) -> float:
+        """Seconds until a progress-only status write of the job is allowed again."""
+        since = time.monotonic() - self._last_write.get(key, 0.0)
+        return max(0.0, self.settings.status_interval_seconds - since)
 
     def _next_look(self, decided: Plan, wait: float | None, *, running: bool) -> float | None:
         if wait is not None:
