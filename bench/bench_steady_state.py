@@ -316,7 +316,8 @@ def main() -> int:
 
     minutes = elapsed / 60
     per_job = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / n / minutes for k in after}
-    report_rate = (reports1 - reports0) / n / minutes
+    sent_rate = (reports1 - reports0) / n / minutes
+    report_rate = 0.0 if push else sent_rate  # a push is no API write
     operator_writes = sum(per_job.get(verb, 0.0) for verb in WRITES)
     total = report_rate + operator_writes
     how = "pushed on the report channel" if push else "patched onto their Pods"
@@ -333,7 +334,8 @@ def main() -> int:
             f"{len(refused)} refused{': ' + refused[0] if refused else ''}"
         )
     print(
-        f"  writes per running job per minute: {total:.1f} (reports {report_rate:.1f}, "
+        f"  writes per running job per minute: {total:.1f} (report patches {report_rate:.1f} "
+        f"of {sent_rate:.1f} reports, "
         f"operator {operator_writes:.1f}: status {per_job.get('status', 0.0):.1f}, other "
         f"{operator_writes - per_job.get('status', 0.0):.1f})   goal <= {GOAL:g} "
         f"(ratio {total / GOAL:.1f}x)"

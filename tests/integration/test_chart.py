@@ -152,6 +152,15 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "--lease-name=kubetrain" in container["args"]  # leader election, even for one
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The report channel: served by the leader only, over TLS from a Secret kept on upgrade.
+    assert (
+        "--report-channel-url=https://kubetrain-reports.kubetrain-system.svc:8443"
+        in container["args"]
+    )
+    service = tools.get("service", "kubetrain-reports", "-n", NS)
+    assert service["spec"]["selector"]["kubetrain.io/report-channel"] == "serving"
+    tls = tools.get("secret", "kubetrain-report-tls", "-n", NS)["data"]
+    assert set(tls) == {"ca.crt", "tls.crt", "tls.key"}
 
     config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
     settings = Settings.model_validate(yaml.safe_load(config))  # the operator can read it
@@ -183,6 +192,7 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     )
     deployment = tools.get("deployment", "kubetrain", "-n", NS)
     assert deployment["spec"]["replicas"] == 2
+    assert tools.get("secret", "kubetrain-report-tls", "-n", NS)["data"] == tls  # trainers' CA
     config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
     assert Settings.model_validate(yaml.safe_load(config)).catalogue.get("mi300") is not None
 

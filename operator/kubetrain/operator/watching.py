@@ -2,32 +2,26 @@
 
 Only objects that carry kubetrain's labels ever reach the operator: the label selector is
 sent with the list and the watch, so a cluster with thousands of unrelated Pods costs it
-nothing. Each ``Watcher`` keeps one collection current from a thread of its own (list,
-then watch from that list's resourceVersion; list again when the watch expires) and hands
-every change to a callback, with the ``type``/``object`` shape of a watch event.
+nothing. Each ``Watcher`` keeps one collection current through the project's one
+list-and-watch loop (``kubetrain.listwatch``) and hands every change to a callback, with
+the ``type``/``object`` shape of a watch event, after the operator's ``--namespace``
+patterns.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
+from kubetrain.listwatch import ClientSource, ListWatch, WatchError
 from kubetrain.operator import metrics
 
-log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 Handler = Callable[[Mapping[str, Any]], None]
-
-WATCH_SECONDS = 300
-"""How long one watch request lasts before it is renewed (the server may end it sooner)."""
 
 
 class NamespaceFilter:
@@ -41,10 +35,6 @@ class NamespaceFilter:
     def __call__(self, namespace: str) -> bool:
         wanted = not self.include or any(fnmatch.fnmatchcase(namespace, g) for g in self.include)
         return wanted and not any(fnmatch.fnmatchcase(namespace, g) for g in self.exclude)
-
-
-class _ExpiredError(Exception):
-    """The watch's resourceVersion is too old: list again."""
 
 
 class Watcher:
@@ -63,108 +53,30 @@ class Watcher:
         handle: Handler,
         namespaces: NamespaceFilter,
     ) -> None:
-        self.list_all, self.kind, self.selector = list_all, kind, selector
-        self.handle, self.namespaces = handle, namespaces
-        self._known: dict[tuple[str, str], JSON] = {}
-        self.synced = threading.Event()  # set once the first list is handed on
-        self._stopping = threading.Event()
-        self._response: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"watch {kind}", daemon=True)
+        self.kind, self.handle, self.namespaces = kind, handle, namespaces
+        self._loop = ListWatch(
+            ClientSource(list_all, label_selector=selector),
+            self._emit,
+            name=kind,
+            retried=(ApiException, HTTPError, OSError, ValueError, WatchError),
+            fatal=self._count_error,
+        )
+        self.synced = self._loop.synced  # set once the first list is handed on
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop watching; the thread (a daemon) is given ``timeout`` to end."""
-        self._stopping.set()
-        response = self._response
-        if response is not None:
-            response.shutdown()  # unblocks the read in the watch thread (close() would wait)
-        self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                version = self._list()
-                self.synced.set()
-                backoff = 0.5
-                while not self._stopping.is_set():
-                    version = self._follow(version)
-            except _ExpiredError:
-                continue
-            except Exception as err:
-                if self._stopping.is_set():  # stop() closed the stream under the read
-                    return
-                if not isinstance(err, ApiException | HTTPError | OSError | ValueError):
-                    raise
-                metrics.ERRORS.labels("watch").inc()
-                log.warning(
-                    "watch of %s failed (%s); listing again in %.1fs", self.kind, err, backoff
-                )
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+    @staticmethod
+    def _count_error(err: BaseException) -> bool:
+        metrics.ERRORS.labels("watch").inc()
+        return False  # always retried
 
-    def _emit(self, kind: str, obj: JSON) -> None:
-        meta = obj.get("metadata") or {}
-        if not self.namespaces(meta.get("namespace", "")):
+    def _emit(self, kind: str, obj: JSON, listing: bool) -> None:
+        if not self.namespaces((obj.get("metadata") or {}).get("namespace", "")):
             return
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        if kind == "DELETED":
-            self._known.pop(key, None)
-        else:
-            self._known[key] = obj
         metrics.WATCH_EVENTS.labels(self.kind).inc()
         self.handle({"type": kind, "object": dict(obj, kind=self.kind)})
-
-    def _list(self) -> str:
-        """List afresh; what vanished since the last list is handed on as DELETED."""
-        response = self.list_all(
-            label_selector=self.selector, _preload_content=False, _request_timeout=(5, 60)
-        )
-        try:
-            listing = json.loads(response.data)
-        finally:
-            response.release_conn()
-        items = listing.get("items") or []
-        seen = {(i["metadata"].get("namespace", ""), i["metadata"]["name"]) for i in items}
-        for key, obj in list(self._known.items()):
-            if key not in seen:
-                self._emit("DELETED", obj)
-        for item in items:
-            self._emit("ADDED", item)
-        return str(listing["metadata"]["resourceVersion"])
-
-    def _follow(self, version: str) -> str:
-        """Hand on one watch request's events; the resourceVersion to go on from."""
-        self._response = response = self.list_all(
-            label_selector=self.selector,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_SECONDS,
-            _preload_content=False,
-            _request_timeout=(5, WATCH_SECONDS + 30),
-        )
-        if self._stopping.is_set():  # stop() ran while the request was on its way
-            response.shutdown()
-        try:
-            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
-                if self._stopping.is_set():
-                    break
-                if not line:
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _ExpiredError()
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                version = str(obj["metadata"]["resourceVersion"])
-                if kind != "BOOKMARK":
-                    self._emit(str(kind), obj)
-        finally:
-            self._response = None
-            response.close()
-            response.release_conn()
-        return version

@@ -1,21 +1,23 @@
 """A watch on TrainingJobs that survives expiry, yielding the current jobs at each change.
 
-List once, then watch from the list's resourceVersion; when the watch ends (the server's
-timeout) or expires (410 Gone), list again. Consumers see one snapshot after each listing
+The project's one list-and-watch loop (``kubetrain.listwatch``) follows the jobs from a
+thread of its own: list once, watch from the list's resourceVersion, list again when the
+watch expires and every ``resync_seconds``. Consumers see one snapshot after each listing
 and after every change, so waiting on a job never polls at a fixed interval.
 """
 
 from __future__ import annotations
 
-import math
+import queue
 import time
-from collections.abc import Generator, Iterator
-from typing import Any, cast
+from collections.abc import Iterator
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kubetrain.api import GROUP, PLURAL, VERSION, TrainingJob
+from kubetrain.listwatch import JSON, ClientSource, ListWatch, WatchError
 from kubetrain.sdk import build
 from kubetrain.sdk.errors import api_errors
 
@@ -27,6 +29,14 @@ CONNECT_TIMEOUT = 10.0
 
 def key(job: TrainingJob) -> str:
     return f"{job.metadata.namespace}/{job.metadata.name}"
+
+
+def _transient(err: BaseException) -> bool:
+    """Worth another try: the server is busy or away for a moment, not refusing."""
+    status = getattr(err, "status", None)
+    if isinstance(err, ApiException | WatchError):
+        return status is None or status in (429, 500, 502, 503, 504)
+    return isinstance(err, HTTPError | OSError)
 
 
 class JobWatch:
@@ -44,79 +54,65 @@ class JobWatch:
         self.field_selector = f"metadata.name={name}" if name else None
         self.resync_seconds = max(resync_seconds, 1.0)
 
-    def _call(self) -> tuple[Any, tuple[str, ...]]:
-        """The list function (watched with ``watch=True``) and its positional arguments."""
+    def _source(self) -> ClientSource:
+        fields, timeout = self.field_selector, CONNECT_TIMEOUT
         if self.namespace is None:
-            return (self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL))
-        return (
-            self.custom.list_namespaced_custom_object,
-            (GROUP, VERSION, self.namespace, PLURAL),
-        )
-
-    def _list(self) -> tuple[Snapshot, str]:
-        func, args = self._call()
-        kwargs = {"field_selector": self.field_selector} if self.field_selector else {}
-        with api_errors():
-            listing = cast(dict[str, Any], func(*args, **kwargs))
-        jobs = {}
-        for item in listing.get("items") or []:
-            job = build.parse(item)
-            jobs[key(job)] = job
-        return jobs, str(listing["metadata"]["resourceVersion"])
+            return ClientSource(
+                self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                field_selector=fields, connect_timeout=timeout,
+            )  # fmt: skip
+        return ClientSource(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+            field_selector=fields, connect_timeout=timeout,
+        )  # fmt: skip
 
     def snapshots(self, deadline: float | None = None) -> Iterator[Snapshot]:
-        """The jobs after the first listing and after each change, until ``deadline``.
+        """The jobs after each listing and after each change, until ``deadline``.
 
         ``deadline`` is a ``time.monotonic()`` value; None watches until the caller stops.
+        A refusal (forbidden, not found) or an unreachable server before the first listing
+        is raised as a ``KubetrainError``; later transient errors are retried.
         """
-        while deadline is None or time.monotonic() < deadline:
-            jobs, version = self._list()
-            yield dict(jobs)
-            while deadline is None or time.monotonic() < deadline:
-                window = self.resync_seconds
-                if deadline is not None:
-                    window = min(window, deadline - time.monotonic())
-                if window <= 0:
-                    return
-                seconds = max(1, math.ceil(window))
-                ended, version = yield from self._stream(jobs, version, seconds)
-                if ended == "expired":
-                    break  # list again from a fresh resourceVersion
-                if ended == "timeout" and seconds >= self.resync_seconds:
-                    break  # a periodic relist catches anything a watch might have missed
+        changes: queue.Queue[Snapshot | BaseException] = queue.Queue()
+        jobs: Snapshot = {}
 
-    def _stream(
-        self, jobs: Snapshot, version: str, seconds: int
-    ) -> Generator[Snapshot, None, tuple[str, str]]:
-        """Apply watch events to ``jobs`` for ``seconds``; how it ended and the last version."""
-        func, args = self._call()
-        kwargs: dict[str, Any] = {
-            "resource_version": version,
-            "timeout_seconds": seconds,
-            "allow_watch_bookmarks": True,
-            "_request_timeout": (CONNECT_TIMEOUT, seconds + 15),
-        }
-        if self.field_selector:
-            kwargs["field_selector"] = self.field_selector
-        stream: Any = cast(Any, watch).Watch()
+        def handle(kind: str, obj: JSON, listing: bool) -> None:
+            job = build.parse(obj)
+            if kind == "DELETED":
+                jobs.pop(key(job), None)
+            else:
+                jobs[key(job)] = job
+            if not listing:
+                changes.put(dict(jobs))
+
+        def fatal(err: BaseException) -> bool:
+            if loop.synced.is_set() and _transient(err):
+                return False
+            changes.put(err)
+            return True
+
+        loop = ListWatch(
+            self._source(),
+            handle,
+            name="TrainingJobs",
+            listed=lambda: changes.put(dict(jobs)),
+            fatal=fatal,
+            retried=(ApiException, WatchError, HTTPError, OSError, ValueError),
+            relist_seconds=self.resync_seconds,
+        )
+        loop.start()
         try:
-            with api_errors():
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return
                 try:
-                    for event in stream.stream(func, *args, **kwargs):
-                        kind, obj = event["type"], event["raw_object"]
-                        version = str(obj.get("metadata", {}).get("resourceVersion") or version)
-                        if kind == "BOOKMARK":
-                            continue
-                        job = build.parse(obj)
-                        if kind == "DELETED":
-                            jobs.pop(key(job), None)
-                        else:
-                            jobs[key(job)] = job
-                        yield dict(jobs)
-                except ApiException as err:
-                    if err.status == 410:
-                        return "expired", version
-                    raise
+                    item = changes.get(timeout=wait)
+                except queue.Empty:
+                    return
+                if isinstance(item, BaseException):
+                    with api_errors():
+                        raise item
+                yield item
         finally:
-            stream.stop()
-        return "timeout", version
+            loop.stop()
