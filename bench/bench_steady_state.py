@@ -262,6 +262,13 @@ def main() -> int:
             measuring = threading.Event()
 
             def watch_jobs() -> None:
+                try:
+                    follow_jobs()
+                except Exception:
+                    if not stop.is_set():  # the control plane going away at the end is fine
+                        raise
+
+            def follow_jobs() -> None:
                 w = watch.Watch()
                 for event in w.stream(
                     custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
@@ -337,7 +344,7 @@ def main() -> int:
         f"  writes per running job per minute: {total:.1f} (report patches {report_rate:.1f} "
         f"of {sent_rate:.1f} reports, "
         f"operator {operator_writes:.1f}: status {per_job.get('status', 0.0):.1f}, other "
-        f"{operator_writes - per_job.get('status', 0.0):.1f})   goal <= {GOAL:g} "
+        f"{abs(operator_writes - per_job.get('status', 0.0)):.1f})   goal <= {GOAL:g} "
         f"(ratio {total / GOAL:.1f}x)"
     )
     print(

@@ -17,6 +17,29 @@ def resource_version(obj: JSON) -> int:
         return -1
 
 
+def _lean(body: JSON) -> JSON:
+    """``body`` without its managedFields: the operator never reads them, and at thousands
+    of objects they are a good part of its memory."""
+    meta = body.get("metadata")
+    if not meta or "managedFields" not in meta:
+        return body
+    return dict(body, metadata={k: v for k, v in meta.items() if k != "managedFields"})
+
+
+def lean_pod(body: JSON) -> JSON:
+    """What the operator reads of a worker Pod: its metadata, node and status. The spec (the
+    trainer's env and volumes, rendered by the operator itself) is left out."""
+    lean = _lean(body)
+    node = (body.get("spec") or {}).get("nodeName")
+    return {
+        "apiVersion": body.get("apiVersion", "v1"),
+        "kind": body.get("kind", "Pod"),
+        "metadata": lean["metadata"],
+        "spec": {"nodeName": node} if node else {},
+        "status": body.get("status") or {},
+    }
+
+
 class Cache:
     """Latest bodies by key, fed by watch events; safe to read from worker threads."""
 
@@ -30,6 +53,7 @@ class Cache:
 
     def put_job(self, body: JSON) -> Key:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        body = _lean(body)
         with self._lock:
             self._jobs[key] = self._newer(self._jobs.get(key), body)
         return key
@@ -47,7 +71,7 @@ class Cache:
             return list(self._jobs.values())
 
     def put_pod(self, job: Key, body: JSON) -> None:
-        name = body["metadata"]["name"]
+        name, body = body["metadata"]["name"], lean_pod(body)
         with self._lock:
             pods = self._pods.setdefault(job, {})
             pods[name] = self._newer(pods.get(name), body)
@@ -74,7 +98,7 @@ class Cache:
 
     def put_child(self, job: Key, body: JSON) -> None:
         """A claim, ServiceAccount, Role, RoleBinding or Service labelled with ``job``."""
-        name = (body["kind"], body["metadata"]["name"])
+        name, body = (body["kind"], body["metadata"]["name"]), _lean(body)
         with self._lock:
             children = self._children.setdefault(job, {})
             children[name] = self._newer(children.get(name), body)
@@ -92,7 +116,7 @@ class Cache:
 
     def put_shared(self, body: JSON) -> None:
         """A child of every job of its namespace (the trainer identity)."""
-        meta = body["metadata"]
+        meta, body = body["metadata"], _lean(body)
         key = (meta["namespace"], body["kind"], meta["name"])
         with self._lock:
             self._shared[key] = self._newer(self._shared.get(key), body)
