@@ -14,7 +14,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from kubetrain.api.report import EXIT_STOPPED, decode
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
 from kubetrain.trainer.checkpoints import MANIFEST
 from tests.trainer.conftest import TrainerRun, Workspace, free_port, launch, spec, stop_all
 
@@ -140,6 +140,8 @@ def test_too_few_samples_fail_fast_with_a_clear_message(
     data = tmp_path / "small.jsonl"
     data.write_text('{"text": "one"}\n{"text": "two"}\n{"prompt": "3?", "completion": "3"}\n')
     run = start_trainer(tmp_path / "run", spec(workspace.model), dataset=data)
-    assert run.wait(60) == 1, run.output()
-    assert run.message() == f"dataset {data} has 3 usable samples; at least 5 are required"
+    assert run.wait(60) == EXIT_PERMANENT, run.output()  # fails the job at once
+    assert run.message() == (
+        f"ConfigurationError: dataset {data} has 3 usable samples; at least 5 are required"
+    )
     assert "Traceback" not in run.output()

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from kubetrain.api import VisionTask
-from kubetrain.api.report import EXIT_STOPPED, decode
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
 from kubetrain.trainer.vision import catalog, models
 from kubetrain.trainer.vision.export import compare_detections
 from kubetrain.trainer.vision.loading import Loader
@@ -338,8 +338,8 @@ def test_too_few_images_fail_fast_with_a_clear_message(
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(data / label / f"{i}.png")
     spec = job(CASES["classification"], **(dataset or {"pvc": {"claimName": "images"}}))
     run = start_vision(tmp_path / "run", spec, dataset=None if dataset else data)
-    assert run.wait(60) == 1, run.output()
-    assert run.message() == message.format(data=data)
+    assert run.wait(60) == EXIT_PERMANENT, run.output()  # fails the job at once
+    assert run.message() == "ConfigurationError: " + message.format(data=data)
     assert "Traceback" not in run.output()
 
 
@@ -349,8 +349,10 @@ def test_an_unknown_architecture_fails_with_the_supported_ones(
     spec = job(CASES["detection"])
     spec["vision"]["architecture"] = "yolov8"
     run = start_vision(tmp_path / "run", spec)
-    assert run.wait(60) == 1, run.output()
+    assert run.wait(60) == EXIT_PERMANENT, run.output()
     message = run.message()
-    assert message.startswith("spec.vision.architecture 'yolov8' is not supported; for task ")
+    assert message.startswith(
+        "ConfigurationError: spec.vision.architecture 'yolov8' is not supported; for task "
+    )
     assert "fasterrcnn_mobilenet_v3_large_fpn" in message
     assert "mobilenet_v3_small" not in message  # a classifier

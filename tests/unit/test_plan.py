@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import EXIT_STOPPED
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED
 from kubetrain.api.status import Phase
 from kubetrain.operator.reconcile.plan import Plan, plan
 from kubetrain.operator.settings import Settings
@@ -141,6 +141,26 @@ def test_a_failing_trainer_counts_against_the_backoff_limit() -> None:
     failed = again.status.condition("Failed")
     assert failed is not None and failed.reason == "BackoffLimitExceeded"
     assert "exited with code 1: CUDA error: out of memory" in failed.message
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "detail"),
+    [
+        ("ConfigurationError: spec.vision.architecture 'yolov8' is not supported",
+         "ConfigurationError", "spec.vision.architecture 'yolov8' is not supported"),
+        ("DatasetNotFound: s3://data/train.jsonl does not exist",
+         "DatasetNotFound", "s3://data/train.jsonl does not exist"),
+        ("too few images", "ConfigurationError", "too few images"),
+    ],
+)  # fmt: skip
+def test_a_permanent_failure_fails_the_job_at_once(message: str, reason: str, detail: str) -> None:
+    broken = pod(0, phase="Failed", exit_code=EXIT_PERMANENT, message=message)
+    p = decide(job(running(), runPolicy={"backoffLimit": 3}), [broken, pod(1)])
+    assert p.status.phase is Phase.FAILED and p.status.failures == 0 and p.status.attempt == 1
+    failed = p.status.condition("Failed")
+    assert failed is not None and failed.reason == reason
+    assert failed.message == f"worker 0 (j-worker-0): {detail}"
+    assert "j-worker-1" in p.delete  # the rest of the group stops
 
 
 @pytest.mark.parametrize(

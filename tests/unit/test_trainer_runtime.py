@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetrain.api.report import EXIT_STOPPED
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, read_permanent
 from kubetrain.trainer.config import Distributed
 from kubetrain.trainer.launch import child_env, fold
 from kubetrain.trainer.runtime import (
@@ -45,16 +45,30 @@ def test_completed_and_stopped_runs_exit_with_their_codes(environ: dict[str, str
     assert message(environ) == "stopped at step 4\n"
 
 
-def test_a_user_error_exits_1_with_its_message(environ: dict[str, str]) -> None:
+def test_a_user_error_is_permanent_with_its_reason_and_message(environ: dict[str, str]) -> None:
     def bad() -> Outcome:
         raise TrainerError(
             "dataset /data/train.jsonl has 3 usable samples; at least 5 are required"
         )
 
-    assert run_entry(bad, environ) == 1
-    assert (
-        message(environ)
-        == "dataset /data/train.jsonl has 3 usable samples; at least 5 are required\n"
+    assert run_entry(bad, environ) == EXIT_PERMANENT == 78
+    text = message(environ)
+    assert text == (
+        "ConfigurationError: dataset /data/train.jsonl has 3 usable samples; "
+        "at least 5 are required\n"
+    )
+    assert read_permanent(text) == (
+        "ConfigurationError",
+        "dataset /data/train.jsonl has 3 usable samples; at least 5 are required",
+    )
+
+    def missing() -> Outcome:
+        raise TrainerError("s3://data/train.jsonl does not exist", reason="DatasetNotFound")
+
+    assert run_entry(missing, environ) == EXIT_PERMANENT
+    assert read_permanent(message(environ)) == (
+        "DatasetNotFound",
+        "s3://data/train.jsonl does not exist",
     )
 
 

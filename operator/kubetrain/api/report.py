@@ -31,6 +31,29 @@ FORMAT_VERSION: Literal[1] = 1
 
 EXIT_STOPPED = 143
 """Exit code of a trainer that checkpointed on SIGTERM and stopped: resumable, not a failure."""
+EXIT_PERMANENT = 78
+"""Exit code of a failure no retry can cure (bad configuration, missing data, access denied).
+
+The job fails at once, without using ``runPolicy.backoffLimit``. The termination message is
+``<Reason>: <message>``, the reason one of ``PERMANENT_REASONS``."""
+PERMANENT_REASONS = frozenset(
+    {"ConfigurationError", "DatasetNotFound", "ModelNotFound", "AccessDenied"}
+)
+
+
+def permanent_message(reason: str, message: str) -> str:
+    """The termination message of a permanent failure."""
+    return f"{reason}: {message}"
+
+
+def read_permanent(message: str) -> tuple[str, str]:
+    """(reason, message) from a permanent failure's termination message; an unknown or
+    missing reason reads as ConfigurationError."""
+    head, sep, rest = message.partition(":")
+    if sep and head.strip() in PERMANENT_REASONS:
+        return head.strip(), rest.strip()
+    return "ConfigurationError", message.strip()
+
 
 _BIG = 1e15
 Count = Annotated[int, Field(ge=0, le=10**12)]
@@ -65,6 +88,33 @@ class ReportedModel(_Model):
     format: Annotated[str, Field(max_length=64)] = ""
 
 
+class FetchProgress(_Model):
+    """Where the fetch stage is: bytes of every source together."""
+
+    source: Annotated[str, Field(max_length=64)] = ""
+    """The source being fetched now (dataset, baseModel, pretrainedWeights)."""
+    bytes_done: Count = 0
+    bytes_total: Count = 0
+    bytes_per_second: NonNegative = 0.0
+    files_done: Count = 0
+    files_total: Count = 0
+
+
+class FetchedSource(_Model):
+    """A remote source in the cache, ready for the workers."""
+
+    name: Annotated[str, Field(max_length=64)]
+    uri: Annotated[str, Field(max_length=2048)]
+    revision: Annotated[str, Field(max_length=128)]
+    """What version of the source this is (a digest of its listing, an ETag, a hub commit)."""
+    path: Annotated[str, Field(max_length=1024)]
+    """Where it is, as the workers mount the cache (a directory, or the file of a one-file URI)."""
+    size_bytes: Count = 0
+    files: Count = 0
+    reused: bool = False
+    """Already in the cache: nothing was downloaded."""
+
+
 class ProgressReport(_Model):
     """One snapshot of training progress from rank 0 of a job."""
 
@@ -85,6 +135,10 @@ class ProgressReport(_Model):
     checkpoints: list[ReportedCheckpoint] = Field(default_factory=list, max_length=MAX_CHECKPOINTS)
     model: ReportedModel | None = None
     message: Annotated[str, Field(max_length=1024)] = ""
+    fetch: FetchProgress | None = None
+    """From the fetch stage: how far the download is."""
+    fetched: list[FetchedSource] = Field(default_factory=list, max_length=8)
+    """From the fetch stage's final report: every source, in the cache."""
 
     @field_validator("metrics")
     @classmethod

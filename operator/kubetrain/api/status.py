@@ -55,7 +55,9 @@ CONDITION_TYPE_PATTERN = (
 )
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-SPEC_ERRORS = frozenset({"UnknownGPUType", "CheckpointNotFound", "InvalidSpec"})
+SPEC_ERRORS = frozenset(
+    {"UnknownGPUType", "CheckpointNotFound", "InvalidSpec", "ConfigurationError"}
+)
 """Failure reasons that a change of spec may cure: re-evaluated at a new generation."""
 
 

@@ -1,7 +1,8 @@
 """Exit codes and the termination message: how a trainer tells the operator how it ended.
 
 The operator reads the container's exit code (0 completed, ``EXIT_STOPPED`` checkpointed
-and resumable, 1 failed) and its termination message (one line: the reason or a summary).
+and resumable, ``EXIT_PERMANENT`` failed for a reason no retry cures, 1 failed and worth
+another attempt) and its termination message (one line: the reason or a summary).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetrain.api.report import EXIT_STOPPED
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, permanent_message
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -26,6 +27,7 @@ log = logging.getLogger("kubetrain.trainer")
 __all__ = [
     "EXIT_COMPLETED",
     "EXIT_FAILED",
+    "EXIT_PERMANENT",
     "EXIT_STOPPED",
     "Outcome",
     "TrainerError",
@@ -37,7 +39,15 @@ __all__ = [
 
 
 class TrainerError(Exception):
-    """A failure the user can fix (bad config, missing or too little data): exit 1, no traceback."""
+    """A failure the user must fix (bad config, missing or too little data): no retry can cure
+    it, so the trainer exits ``EXIT_PERMANENT`` with ``<reason>: <message>``, no traceback."""
+
+    reason = "ConfigurationError"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,10 @@ class Outcome:
     @classmethod
     def failed(cls, message: str) -> Outcome:
         return cls(EXIT_FAILED, message)
+
+    @classmethod
+    def permanent(cls, reason: str, message: str) -> Outcome:
+        return cls(EXIT_PERMANENT, permanent_message(reason, message))
 
 
 def termination_log_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -102,7 +116,7 @@ def run_entry(main: Callable[[], Outcome], environ: Mapping[str, str] = os.envir
     try:
         outcome = main()
     except TrainerError as err:
-        outcome = Outcome.failed(str(err))
+        outcome = Outcome.permanent(err.reason, str(err))
         log.error("%s", outcome.message)
     except BaseException as err:
         if isinstance(err, SystemExit) and err.code in (None, 0):

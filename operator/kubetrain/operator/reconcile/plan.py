@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from kubetrain.api.children import checkpoint_claim_name
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import ReportError
+from kubetrain.api.report import EXIT_PERMANENT, ReportError, read_permanent
 from kubetrain.api.status import (
     SPEC_ERRORS,
     ConditionStatus,
@@ -321,6 +321,10 @@ class _Planner:
     def _restart(self, failed: list[PodView], lost: list[PodView]) -> Plan:
         st, limit = self.st, self.spec.run_policy.backoff_limit
         broken = [p for p in failed if not p.disrupted]
+        permanent = next((p for p in broken if p.exit_code == EXIT_PERMANENT), None)
+        if permanent is not None:  # bad configuration or data: no retry can cure it
+            reason, message = read_permanent(permanent.message)
+            return self.fail(reason, f"worker {permanent.index} ({permanent.name}): {message}")
         if broken:
             pod = broken[0]
             detail = f"worker {pod.index} ({pod.name}) exited with code {pod.exit_code}"
