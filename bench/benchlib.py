@@ -17,7 +17,7 @@ def job(name: str) -> dict[str, Any]:
         "spec": {
             "modelType": "llm",
             "dataset": {"synthetic": {"samples": 64}},
-            "llm": {"baseModel": "tiny"},
+            "llm": {"baseModel": "random://llama-tiny"},
             "resources": {"gpuType": "cpu"},
             "checkpoint": {"existingClaimName": "shared"},
         },

@@ -19,7 +19,7 @@ from tests.integration import kubelet
 from tests.integration.test_operator import bound_claim
 from tests.polling import eventually
 
-BASE_MODEL = "meta-llama/Llama-2-7b-hf"
+BASE_MODEL = "random://llama-tiny"  # built in code: nothing to fetch
 CHECKPOINT = {"storageClassName": "manual", "size": "1Gi"}
 """Checkpoint claims bind to a static PV the test makes (no provisioner runs here)."""
 

@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
-from kubetrain.api.report import ANNOTATION
+from kubetrain.api.report import ANNOTATION, EXIT_PERMANENT
 from kubetrain.localcluster.ports import free_ports
 from kubetrain.trainer.reporter import (
     Channel,
@@ -63,7 +63,7 @@ def llm_job(name: str, **overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "modelType": "llm",
         "dataset": {"synthetic": {"samples": 64}},
-        "llm": {"baseModel": "meta-llama/Llama-2-7b-hf", "lora": {"rank": 8, "alpha": 16}},
+        "llm": {"baseModel": "random://llama-tiny", "lora": {"rank": 8, "alpha": 16}},
         "training": {"epochs": 2, "batchSize": 4, "learningRate": 2e-4},
         "resources": {"gpuType": "a100", "workers": 1, "gpusPerWorker": 1},
         "checkpoint": {"storageClassName": "manual", "size": "1Gi"},
@@ -782,3 +782,145 @@ def _file(directory: Any, name: str, text: str) -> Any:
     path = directory / name
     path.write_text(text)
     return path
+
+
+def _fetcher(jobs: Jobs, name: str, attempt: int = 1) -> client.V1Pod:
+    pod: client.V1Pod = wait_for(
+        lambda: _get(lambda: jobs.core.read_namespaced_pod(f"{name}-fetch-{attempt}", jobs.ns)),
+        f"the fetch Pod of {name}",
+        operator=jobs.operator,
+    )
+    return pod
+
+
+def _workers(jobs: Jobs, name: str, count: int) -> list[client.V1Pod]:
+    def probe() -> list[client.V1Pod] | None:
+        pods = [
+            p for p in jobs.pods(name)
+            if "kubetrain.io/stage" not in (p.metadata.labels or {})
+            and p.metadata.deletion_timestamp is None
+        ]  # fmt: skip
+        return pods if len(pods) == count else None
+
+    found: list[client.V1Pod] = wait_for(probe, f"{count} workers of {name}", 30, jobs.operator)
+    return found
+
+
+def test_remote_sources_are_fetched_once_before_the_first_attempt(jobs: Jobs) -> None:
+    jobs.create(
+        llm_job(
+            "remote",
+            dataset={"uri": "s3://corpus/train.jsonl", "credentials": {"secretName": "s3-keys"}},
+            llm={"baseModel": "meta-llama/Llama-2-7b-hf", "credentials": {"secretName": "hub"}},
+        )
+    )
+    fetcher = _fetcher(jobs, "remote")
+    spec = fetcher.spec
+    container = spec.containers[0]
+    assert container.command == ["python", "-m", "kubetrain.trainer.fetch"]
+    assert "nvidia.com/gpu" not in (container.resources.limits or {})  # no GPU held to download
+    plan = json.loads(_env(fetcher)["KUBETRAIN_FETCH"])
+    assert plan["cacheDir"] == "/checkpoints/.cache"
+    assert [(s["name"], s["uri"], s.get("credentialsSecret")) for s in plan["sources"]] == [
+        ("dataset", "s3://corpus/train.jsonl", "s3-keys"),
+        ("baseModel", "meta-llama/Llama-2-7b-hf", "hub"),
+    ]
+    secrets = {v.name: v.secret.secret_name for v in spec.volumes if v.secret}
+    assert secrets == {"credentials-dataset": "s3-keys", "credentials-basemodel": "hub"}
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    assert mounts["credentials-dataset"] == "/var/run/secrets/kubetrain.io/sources/dataset"
+    assert not [p for p in jobs.pods("remote") if p.metadata.name != "remote-fetch-1"]
+    status = jobs.phase("remote", "Initializing")
+    assert condition(status, "Initializing")["status"] == "True"
+
+    kubelet.start(jobs.core, jobs.ns, "remote-fetch-1")
+    kubelet.report(
+        jobs.core, jobs.ns, "remote-fetch-1",
+        fetch={"source": "baseModel", "bytesDone": 256 << 20, "bytesTotal": 1 << 30,
+               "bytesPerSecond": 64 << 20, "filesDone": 1, "filesTotal": 4},
+    )  # fmt: skip
+    status = jobs.until(
+        "remote", lambda s: (s.get("initialization") or {}).get("bytesDone"), "fetch progress"
+    )
+    init = status["initialization"]
+    assert init["percentage"] == 25.0 and init["remainingSeconds"] == 12.0
+    assert init["source"] == "baseModel" and init["state"] == "Fetching"
+
+    fetched = [
+        {"name": "dataset", "uri": "s3://corpus/train.jsonl", "revision": "e1",
+         "path": "/checkpoints/.cache/datasets/train-e1/train.jsonl", "sizeBytes": 2048,
+         "files": 1},
+        {"name": "baseModel", "uri": "meta-llama/Llama-2-7b-hf", "revision": "c0ffee",
+         "path": "/checkpoints/.cache/huggingface/hub/models--meta-llama--Llama-2-7b-hf/"
+                 "snapshots/c0ffee", "sizeBytes": 1 << 30, "files": 4},
+    ]  # fmt: skip
+    kubelet.report(jobs.core, jobs.ns, "remote-fetch-1", state="completed", fetched=fetched)
+    kubelet.finish(jobs.core, jobs.ns, "remote-fetch-1", 0)
+    worker = _workers(jobs, "remote", 1)[0]
+    env = _env(worker)
+    assert env["KUBETRAIN_DATASET_PATH"] == fetched[0]["path"]
+    assert env["KUBETRAIN_BASE_MODEL_PATH"] == fetched[1]["path"]
+    assert env["HF_HUB_OFFLINE"] == "1" and "KUBETRAIN_DATASET_URI" not in env
+    status = jobs.until(
+        "remote", lambda s: (s.get("initialization") or {}).get("state") == "Complete", "fetched"
+    )
+    assert [s["revision"] for s in status["initialization"]["sources"]] == ["e1", "c0ffee"]
+    assert "dataset 2.0 KiB" in jobs.event("Fetched")[0].message
+
+    # Every later attempt reads the same copy: a stop and a resume fetch nothing.
+    kubelet.start(jobs.core, jobs.ns, worker.metadata.name)
+    jobs.phase("remote", "Running")
+    _stop(jobs, "remote")
+    jobs.patch("remote", {"suspend": False})
+    resumed = wait_for(
+        lambda: _get(lambda: jobs.core.read_namespaced_pod("remote-worker-0-a2", jobs.ns)),
+        "the second attempt's worker",
+    )
+    assert _env(resumed)["KUBETRAIN_DATASET_PATH"] == fetched[0]["path"]
+    assert [p.metadata.name for p in jobs.pods("remote") if "fetch" in p.metadata.name] == [
+        "remote-fetch-1"
+    ]
+
+
+def test_a_missing_source_fails_the_job_at_once_with_its_reason(jobs: Jobs) -> None:
+    jobs.create(llm_job("absent", dataset={"uri": "s3://corpus/missing.jsonl"}))
+    _fetcher(jobs, "absent")
+    kubelet.start(jobs.core, jobs.ns, "absent-fetch-1")
+    kubelet.finish(
+        jobs.core, jobs.ns, "absent-fetch-1", EXIT_PERMANENT,
+        "DatasetNotFound: s3://corpus/missing.jsonl does not exist",
+    )  # fmt: skip
+    status = jobs.phase("absent", "Failed")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "DatasetNotFound"
+    assert failed["message"] == "s3://corpus/missing.jsonl does not exist"
+    assert status.get("failures", 0) == 0 and status["initialization"]["state"] == "Failed"
+    assert [p.metadata.name for p in jobs.pods("absent")] == ["absent-fetch-1"]  # no retry
+
+
+def test_a_missing_dataset_claim_fails_the_job_with_dataset_not_found(jobs: Jobs) -> None:
+    jobs.create(llm_job("unmounted", dataset={"pvc": {"claimName": "nowhere"}}))
+    status = jobs.phase("unmounted", "Failed", timeout=40)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "DatasetNotFound"
+    assert (
+        "spec.dataset.pvc.claimName: there is no PersistentVolumeClaim 'nowhere'"
+        in (failed["message"])
+    )
+    assert not jobs.pods("unmounted")
+
+
+def test_a_permanent_trainer_failure_does_not_use_the_backoff_limit(jobs: Jobs) -> None:
+    jobs.create(llm_job("misfit", runPolicy={"backoffLimit": 3}))
+    pod = jobs.live_pods("misfit", 1)[0]
+    kubelet.start(jobs.core, jobs.ns, pod.metadata.name)
+    kubelet.finish(
+        jobs.core, jobs.ns, pod.metadata.name, EXIT_PERMANENT,
+        "ConfigurationError: dataset /data has 3 usable samples; at least 5 are required",
+    )  # fmt: skip
+    status = jobs.phase("misfit", "Failed")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "ConfigurationError" and status.get("failures", 0) == 0
+    assert "3 usable samples" in failed["message"]
+    event = jobs.event("ConfigurationError")[0]
+    assert event.type == "Warning"

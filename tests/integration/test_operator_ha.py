@@ -110,7 +110,7 @@ def cpu_job(name: str) -> dict[str, Any]:
         "spec": {
             "modelType": "llm",
             "dataset": {"synthetic": {}},
-            "llm": {"baseModel": "tiny"},
+            "llm": {"baseModel": "random://llama-tiny"},
             "resources": {"gpuType": "cpu"},
         },
     }

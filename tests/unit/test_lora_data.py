@@ -164,7 +164,7 @@ def test_preflight_rejects_small_missing_and_remote_data(tmp_path: Path) -> None
         preflight(env(tmp_path, tmp_path / "missing"), pvc)
     with pytest.raises(ConfigError, match="KUBETRAIN_DATASET_PATH is not set"):
         preflight(env(tmp_path, None), pvc)
-    with pytest.raises(ConfigError, match="put the data on a PVC"):
+    with pytest.raises(ConfigError, match="was not fetched: the operator"):
         preflight(env(tmp_path, None), job(uri="s3://bucket/train.jsonl"))
     with pytest.raises(DataError, match="format 'csv' is not supported"):
         preflight(env(tmp_path, small), job(pvc={"claimName": "data"}, format="csv"))

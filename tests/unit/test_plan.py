@@ -23,7 +23,7 @@ def job(status: dict[str, Any] | None = None, generation: int = 1, **spec: Any) 
     body: dict[str, Any] = {
         "modelType": "llm",
         "dataset": {"synthetic": {}},
-        "llm": {"baseModel": "tiny"},
+        "llm": {"baseModel": "random://llama-tiny"},
         "resources": {"gpuType": "a100", "workers": 2, "gpusPerWorker": 4},
     }
     body.update(spec)

@@ -47,6 +47,7 @@ def test_several_phases_exclude_the_others_and_jobs_without_a_phase() -> None:
     terms = phase_selector(phases(["failed", "completed"]))
     assert terms == [
         "status.phase!=Pending",
+        "status.phase!=Initializing",
         "status.phase!=Queued",
         "status.phase!=Running",
         "status.phase!=Stopping",

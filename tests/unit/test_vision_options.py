@@ -99,8 +99,8 @@ def test_a_dataset_directory_is_indexed_split_and_counted(tmp_path: Path) -> Non
         preflight(env(tmp_path, data), job, VisionOptions())
 
 
-def test_data_must_be_on_a_volume(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="reads data from a volume"):
+def test_remote_data_is_read_from_the_fetch_stages_copy(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="was not fetched: the operator"):
         preflight(env(tmp_path), spec(dataset={"uri": "s3://b/p"}), VisionOptions())
     with pytest.raises(ConfigError, match="KUBETRAIN_DATASET_PATH is not set"):
         preflight(env(tmp_path), spec(dataset={"pvc": {"claimName": "d"}}), VisionOptions())

@@ -11,6 +11,8 @@ from kubetrain.api.job import TrainingJob
 LABEL_JOB = "kubetrain.io/job-name"
 LABEL_WORKER = "kubetrain.io/worker-index"
 LABEL_ATTEMPT = "kubetrain.io/attempt"
+LABEL_STAGE = "kubetrain.io/stage"
+"""``fetch`` on the fetch Pod (workers have none)."""
 ANNOTATION_RESUME_FROM = "kubetrain.io/resume-from"
 ANNOTATION_WORKERS = "kubetrain.io/workers"
 """How many workers the Pod's group was started with (its world): a resize restarts it."""
@@ -20,6 +22,11 @@ MANAGED_BY = "kubetrain"
 def pod_name(job: str, index: int, attempt: int) -> str:
     """Worker ``index`` of ``attempt``: a new attempt never waits for an old Pod's name."""
     return f"{job}-worker-{index}-a{attempt}"
+
+
+def fetch_pod_name(job: str, attempt: int) -> str:
+    """The fetch Pod of fetch attempt ``attempt``."""
+    return f"{job}-fetch-{attempt}"
 
 
 def worker_hostname(job: str, index: int) -> str:

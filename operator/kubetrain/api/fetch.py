@@ -16,10 +16,13 @@ A missing source, a refused credential or a bad URI exits ``EXIT_PERMANENT`` wit
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+if TYPE_CHECKING:
+    from kubetrain.api.spec import SourceCredentials, TrainingJobSpec
 
 CACHE_MOUNT = "/cache"
 """Where a shared cache claim is mounted (fetch Pod and workers alike)."""
@@ -68,3 +71,33 @@ class FetchSource(_Model):
 class FetchPlan(_Model):
     cache_dir: str
     sources: list[FetchSource] = Field(min_length=1, max_length=8)
+
+
+LOCAL_MODEL_PREFIXES = ("/", "./", "../", "random://")
+"""Base models that are not fetched: a directory on a mounted volume, or built in code."""
+
+
+def fetch_sources(spec: TrainingJobSpec) -> list[FetchSource]:
+    """The job's remote sources, in the order they are fetched; empty: nothing to fetch."""
+    found: list[FetchSource] = []
+
+    def add(name: str, uri: str, kind: SourceKind, credentials: SourceCredentials | None) -> None:
+        secret = credentials.secret_name if credentials is not None else None
+        found.append(
+            FetchSource(
+                name=name,
+                uri=uri,
+                kind=kind,
+                credentials_dir=f"{CREDENTIALS_MOUNT}/{name}" if secret else None,
+                credentials_secret=secret,
+            )
+        )
+
+    if spec.dataset.uri is not None:
+        add("dataset", spec.dataset.uri, SourceKind.DATASET, spec.dataset.credentials)
+    if spec.llm is not None and not spec.llm.base_model.startswith(LOCAL_MODEL_PREFIXES):
+        add("baseModel", spec.llm.base_model, SourceKind.MODEL, spec.llm.credentials)
+    vision = spec.vision
+    if vision is not None and vision.pretrained and vision.pretrained_weights is not None:
+        add("pretrainedWeights", vision.pretrained_weights, SourceKind.WEIGHTS, vision.credentials)
+    return found

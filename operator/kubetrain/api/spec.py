@@ -158,6 +158,35 @@ class PVCDataset(SpecModel):
     )
 
 
+REMOTE_URI = r"^(s3|gs|https|hf)://[^\s]+$"
+
+
+class SourceCredentials(SpecModel):
+    """A Secret in the job's namespace with what it takes to read a remote source."""
+
+    secret_name: ObjectName = Field(
+        description=(
+            "Name of the Secret. Keys it may hold: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+            "(and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL for an S3-compatible store) "
+            "for s3://; service-account.json for gs://; HF_TOKEN (and HF_ENDPOINT) for the "
+            "Hugging Face Hub. Mounted into the fetch Pod only; never copied into status, "
+            "Events or logs."
+        )
+    )
+
+
+class CacheConfig(SpecModel):
+    """Where fetched datasets and models are kept, for every attempt of the job."""
+
+    claim_name: ObjectName = Field(
+        description=(
+            "An existing PersistentVolumeClaim in the job's namespace that holds fetched "
+            "datasets and base models. Jobs that name the same claim share it: what one "
+            "fetched, the others reuse (ReadWriteMany for jobs running at once)."
+        )
+    )
+
+
 class SyntheticDataset(SpecModel):
     """A small generated dataset (deterministic from the seed), for smoke tests and demos."""
 
@@ -179,6 +208,13 @@ class DatasetSource(SpecModel):
             message="spec.dataset must set exactly one of pvc, uri or synthetic",
             check=lambda d: sum(x is not None for x in (d.pvc, d.uri, d.synthetic)) == 1,
         ),
+        Cel(
+            rule="!has(self.credentials) || has(self.uri)",
+            message="spec.dataset.credentials is only for a spec.dataset.uri",
+            check=lambda d: d.credentials is None or d.uri is not None,
+            field_path=".credentials",
+            reason="FieldValueForbidden",
+        ),
     )
 
     pvc: PVCDataset | None = Field(
@@ -187,12 +223,16 @@ class DatasetSource(SpecModel):
     uri: str | None = Field(
         default=None,
         max_length=2048,
-        pattern=r"^(s3|gs|https|hf)://[^\s]+$",
+        pattern=REMOTE_URI,
         description=(
-            "Remote location of the data: s3://bucket/prefix, gs://bucket/prefix, "
-            "https://host/path or hf://datasets/<org>/<name> (a Hugging Face Hub dataset). "
-            "Credentials come from spec.env."
+            "Remote location of the data: s3://bucket/prefix (or one object), "
+            "gs://bucket/prefix, https://host/file or hf://datasets/<org>/<name>[@revision] "
+            "(a Hugging Face Hub dataset). Fetched once before the first attempt into the "
+            "cache (spec.cache, else the checkpoint volume); every attempt reads that copy."
         ),
+    )
+    credentials: SourceCredentials | None = Field(
+        default=None, description="The Secret to read spec.dataset.uri with."
     )
     synthetic: SyntheticDataset | None = Field(
         default=None,
@@ -266,8 +306,14 @@ class LLMConfig(SpecModel):
     ] = Field(
         description=(
             "The pretrained model to start from: a Hugging Face Hub id such as "
-            "meta-llama/Llama-2-7b-hf, or a URI (s3://, gs://, https://, hf://). Immutable."
+            "meta-llama/Llama-2-7b-hf[@revision], a URI (s3://, gs://, https://, "
+            "hf://<org>/<name>), or a directory on a mounted volume. A hub id or URI is "
+            "fetched once into the cache before the first attempt. Immutable."
         ),
+    )
+    credentials: SourceCredentials | None = Field(
+        default=None,
+        description="The Secret to fetch spec.llm.baseModel with (HF_TOKEN for a gated model).",
     )
     strategy: Strategy = Field(
         default=Strategy.LORA,
@@ -367,9 +413,21 @@ class VisionConfig(SpecModel):
     pretrained: bool = Field(
         default=True,
         description=(
-            "Start from pretrained weights, read from the file named by the "
-            "KUBETRAIN_PRETRAINED_WEIGHTS env var (nothing is downloaded); false: random init."
+            "Start from pretrained weights: spec.vision.pretrainedWeights, else the file named "
+            "by the KUBETRAIN_PRETRAINED_WEIGHTS env var; false: random init."
         ),
+    )
+    pretrained_weights: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=REMOTE_URI,
+        description=(
+            "A state dict (.pth) to start from, at s3://, gs://, https:// or hf://; fetched "
+            "once into the cache before the first attempt."
+        ),
+    )
+    credentials: SourceCredentials | None = Field(
+        default=None, description="The Secret to fetch spec.vision.pretrainedWeights with."
     )
     input_size: InputSize | None = Field(
         default=None,
@@ -780,6 +838,17 @@ class TrainingJobSpec(SpecModel):
         default_factory=CheckpointConfig,
         description="The checkpoint volume and how often checkpoints are written and kept.",
         json_schema_extra={"default": {}},
+    )
+    cache: Annotated[
+        CacheConfig | None,
+        immutable("spec.cache", "the fetched sources' paths are on that claim"),
+    ] = Field(
+        default=None,
+        description=(
+            "A shared cache claim for fetched datasets and models. Unset: the operator's "
+            "default cache claim where it exists in the namespace, else the job's "
+            "checkpoint volume. Immutable."
+        ),
     )
     image: str | None = Field(
         default=None,

@@ -18,6 +18,7 @@ class Phase(StrEnum):
     """Where a job is in its life; the seeds' cancelled maps to Stopped (resumable)."""
 
     PENDING = "Pending"
+    INITIALIZING = "Initializing"
     QUEUED = "Queued"
     RUNNING = "Running"
     STOPPING = "Stopping"
@@ -42,6 +43,7 @@ class ConditionStatus(StrEnum):
 class ConditionType(StrEnum):
     """The condition types the operator sets; each is True, False or Unknown."""
 
+    INITIALIZING = "Initializing"
     QUEUED = "Queued"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
@@ -223,6 +225,48 @@ class ResourceUsage(StatusModel):
     )
 
 
+class FetchedSource(StatusModel):
+    """A remote source in the job's cache, as every attempt reads it."""
+
+    name: str = Field(description="dataset, baseModel or pretrainedWeights.")
+    uri: str = Field(max_length=2048, description="Where it came from.")
+    revision: str = Field(
+        description="The version fetched: a digest of the listing, an ETag, a hub commit."
+    )
+    path: str = Field(max_length=4096, description="Where the workers read it.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size in bytes.")
+    files: int | None = Field(default=None, ge=0, description="Number of files.")
+    reused: bool | None = Field(
+        default=None, description="Already in the cache: nothing was downloaded."
+    )
+
+
+class Initialization(StatusModel):
+    """The fetch stage: remote datasets and models brought into the cache, once per job."""
+
+    state: str = Field(
+        default="Fetching", description="Fetching, Complete or Failed.", max_length=32
+    )
+    attempts: int = Field(default=0, ge=0, description="Fetch Pods started so far.")
+    claim_name: str | None = Field(
+        default=None,
+        description="The shared cache claim the sources are on; unset: the checkpoint volume.",
+    )
+    source: str | None = Field(default=None, description="The source being fetched now.")
+    bytes_done: int | None = Field(default=None, ge=0, description="Bytes fetched so far.")
+    bytes_total: int | None = Field(default=None, ge=0, description="Bytes to fetch in all.")
+    bytes_per_second: float | None = Field(default=None, ge=0, description="Current rate.")
+    percentage: float | None = Field(default=None, ge=0, le=100, description="Share fetched.")
+    remaining_seconds: float | None = Field(default=None, ge=0, description="Estimated time left.")
+    start_time: datetime | None = Field(default=None, description="When the fetch began.")
+    completion_time: datetime | None = Field(default=None, description="When it completed.")
+    sources: list[FetchedSource] = Field(
+        default_factory=list,
+        description="Every source, in the cache (once Complete).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
 class ModelOutput(StatusModel):
     """Where the trained model (adapter, weights or export) is."""
 
@@ -239,7 +283,10 @@ class TrainingJobStatus(StatusModel):
 
     phase: Phase | None = Field(
         default=None,
-        description="Pending, Queued, Running, Stopping, Stopped, Completed or Failed.",
+        description=(
+            "Pending, Initializing (fetching remote data and models), Queued, Running, "
+            "Stopping, Stopped, Completed or Failed."
+        ),
     )
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -302,6 +349,10 @@ class TrainingJobStatus(StatusModel):
         description="Checkpoint the current attempt resumed from: an id, or latest.",
     )
     model: ModelOutput | None = Field(default=None, description="Where the trained model is.")
+    initialization: Initialization | None = Field(
+        default=None,
+        description="Remote datasets and models fetched into the cache before training.",
+    )
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of ``type_``, if set."""

@@ -136,6 +136,21 @@ class Cluster:
             if err.status != 404:
                 raise
 
+    def claim_exists(self, namespace: str, name: str) -> bool:
+        """Whether PersistentVolumeClaim ``namespace/name`` exists (a read, no write)."""
+        self._count("get")
+        try:
+            _discard(
+                self.core.read_namespaced_persistent_volume_claim(
+                    name, namespace, _preload_content=False, _request_timeout=TIMEOUT
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     def label_own_pod(self, label: str, value: str | None) -> None:
         """Set (or remove, ``value`` None) a label on this replica's own Pod ($POD_NAME in
         $POD_NAMESPACE); nothing outside a Pod. Best effort: a failure is logged."""

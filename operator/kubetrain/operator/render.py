@@ -16,17 +16,21 @@ from kubetrain.api.children import (
     ANNOTATION_WORKERS,
     LABEL_ATTEMPT,
     LABEL_JOB,
+    LABEL_STAGE,
     LABEL_WORKER,
     MANAGED_BY,
     checkpoint_claim_name,
+    fetch_pod_name,
     labels,
     pod_name,
     service_name,
     worker_hostname,
 )
+from kubetrain.api.fetch import CACHE_MOUNT, CHECKPOINT_CACHE, ENV_PLAN, FetchPlan, fetch_sources
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE, CHANNEL_PATH, CHANNEL_TOKEN_DIR
 from kubetrain.api.spec import ModelType, TrainingJobSpec
+from kubetrain.api.status import Initialization
 from kubetrain.operator.settings import Settings
 
 CHECKPOINT_MOUNT = "/checkpoints"
@@ -217,8 +221,42 @@ def trainer_config(spec: TrainingJobSpec) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
+def _channel_env(settings: Settings) -> list[JSON]:
+    if not settings.report_channel_url:
+        return []
+    channel = settings.report_channel_interval_seconds
+    return [
+        {"name": "KUBETRAIN_REPORT_URL", "value": _channel_url(settings.report_channel_url)},
+        {"name": "KUBETRAIN_REPORT_CA", "value": settings.report_channel_ca},
+        {"name": "KUBETRAIN_REPORT_TOKEN_FILE", "value": f"{CHANNEL_TOKEN_DIR}/token"},
+        {"name": "KUBETRAIN_REPORT_CHANNEL_INTERVAL_SECONDS", "value": f"{channel:g}"},
+    ]
+
+
+def _channel_volume(settings: Settings) -> tuple[list[JSON], list[JSON]]:
+    """The report token's projected volume and mount (none without the channel)."""
+    if not settings.report_channel_url:
+        return [], []
+    token = {"audience": CHANNEL_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
+    volume = {"name": "report-token", "projected": {"sources": [{"serviceAccountToken": token}]}}
+    return [volume], [{"name": "report-token", "mountPath": CHANNEL_TOKEN_DIR, "readOnly": True}]
+
+
+def _user_env(spec: TrainingJobSpec, env: list[JSON]) -> list[JSON]:
+    """``env`` with spec.env laid over it (a user's variable wins)."""
+    user = [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
+    overridden = {u["name"] for u in user}
+    return [e for e in env if e["name"] not in overridden] + user
+
+
 def _env(
-    job: TrainingJob, index: int, resume_from: str, placement: Placement, settings: Settings
+    job: TrainingJob,
+    index: int,
+    resume_from: str,
+    placement: Placement,
+    settings: Settings,
+    *,
+    fetched: dict[str, str],
 ) -> list[JSON]:
     spec, name = job.spec, _name(job)
     port, report_interval = settings.master_port, settings.report_interval_seconds
@@ -234,20 +272,17 @@ def _env(
         {"name": "KUBETRAIN_REPORT_INTERVAL_SECONDS", "value": f"{report_interval:g}"},
         {"name": "RESUME_FROM", "value": resume_from},
     ]
-    if settings.report_channel_url:
-        channel = settings.report_channel_interval_seconds
-        env += [
-            {"name": "KUBETRAIN_REPORT_URL", "value": _channel_url(settings.report_channel_url)},
-            {"name": "KUBETRAIN_REPORT_CA", "value": settings.report_channel_ca},
-            {"name": "KUBETRAIN_REPORT_TOKEN_FILE", "value": f"{CHANNEL_TOKEN_DIR}/token"},
-            {"name": "KUBETRAIN_REPORT_CHANNEL_INTERVAL_SECONDS", "value": f"{channel:g}"},
-        ]
+    env += _channel_env(settings)
     dataset = spec.dataset
     if dataset.pvc is not None:
         path = f"{DATASET_MOUNT}/{dataset.pvc.sub_path}" if dataset.pvc.sub_path else DATASET_MOUNT
         env.append({"name": "KUBETRAIN_DATASET_PATH", "value": path})
-    elif dataset.uri is not None:
+    elif dataset.uri is not None and "dataset" not in fetched:
         env.append({"name": "KUBETRAIN_DATASET_URI", "value": dataset.uri})
+    for source, path in fetched.items():
+        env.append({"name": FETCHED_ENV[source], "value": path})
+    if fetched:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the fetch stage did the hub's part
     master = f"{worker_hostname(name, 0)}.{service_name(name)}" if workers > 1 else "localhost"
     env += [
         {"name": "MASTER_ADDR", "value": master},
@@ -258,9 +293,7 @@ def _env(
         {"name": "WORLD_SIZE", "value": str(workers * per_node)},
         {"name": "RANK", "value": str(index * per_node)},
     ]
-    user = [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
-    overridden = {u["name"] for u in user}
-    return [e for e in env if e["name"] not in overridden] + user
+    return _user_env(spec, env)
 
 
 def _channel_url(base: str) -> str:
@@ -286,9 +319,12 @@ def worker_pod(
     resume_from: str,
     placement: Placement,
     settings: Settings,
+    fetched: Initialization | None = None,
 ) -> JSON:
-    """Worker ``index`` of attempt ``attempt``: GPU placement, restricted security, trainer env."""
+    """Worker ``index`` of attempt ``attempt``: GPU placement, restricted security, trainer env;
+    the fetch stage's copies of remote sources (``fetched``) in place of the remote ones."""
     spec, name = job.spec, _name(job)
+    paths = {s.name: s.path for s in fetched.sources} if fetched else {}
     image, command = _image_and_command(spec, settings)
     meta = _metadata(job, pod_name(name, index, attempt), "worker")
     meta["labels"] |= {LABEL_WORKER: str(index), LABEL_ATTEMPT: str(attempt)}
@@ -309,12 +345,12 @@ def worker_pod(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
-    if settings.report_channel_url:
-        token = {"audience": CHANNEL_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
-        volumes.append(
-            {"name": "report-token", "projected": {"sources": [{"serviceAccountToken": token}]}}
-        )
-        mounts.append({"name": "report-token", "mountPath": CHANNEL_TOKEN_DIR, "readOnly": True})
+    channel_volumes, channel_mounts = _channel_volume(settings)
+    volumes += channel_volumes
+    mounts += channel_mounts
+    if fetched is not None and fetched.claim_name:
+        volumes.append(_cache_volume(fetched.claim_name, read_only=True))
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": True})
     if spec.dataset.pvc is not None:
         volumes.append(
             {
@@ -331,7 +367,7 @@ def worker_pod(
         "image": image,
         "imagePullPolicy": settings.images.pull_policy,
         "command": command,
-        "env": _env(job, index, resume_from, placement, settings),
+        "env": _env(job, index, resume_from, placement, settings, fetched=paths),
         "resources": _resources(placement),
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
@@ -344,10 +380,24 @@ def worker_pod(
     }
     if spec.args:
         container["args"] = list(spec.args)
+    pod_spec = _pod_spec(spec, placement, settings, container, volumes)
+    pod_spec["hostname"] = worker_hostname(name, index)
+    if spec.resources.workers > 1:
+        pod_spec["subdomain"] = service_name(name)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def _pod_spec(
+    spec: TrainingJobSpec,
+    placement: Placement,
+    settings: Settings,
+    container: JSON,
+    volumes: list[JSON],
+) -> JSON:
+    """What every Pod of a job shares: the trainer identity, restricted security, placement."""
     pod_spec: JSON = {
         "restartPolicy": "Never",
         "serviceAccountName": TRAINER_IDENTITY,
-        "hostname": worker_hostname(name, index),
         "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
         "securityContext": {
             "runAsNonRoot": True,
@@ -359,8 +409,6 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.resources.workers > 1:
-        pod_spec["subdomain"] = service_name(name)
     if placement.entry.node_selector:
         pod_spec["nodeSelector"] = dict(placement.entry.node_selector)
     if affinity := _affinity(placement.entry):
@@ -376,4 +424,84 @@ def worker_pod(
     pod_spec["tolerations"] = [dict(t) for t in placement.entry.tolerations] + lost
     if priority_class := settings.priority_classes.get(str(spec.priority)):
         pod_spec["priorityClassName"] = priority_class
+    return pod_spec
+
+
+def _cache_volume(claim: str, *, read_only: bool) -> JSON:
+    return {"name": "cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+
+
+FETCHED_ENV = {
+    "dataset": "KUBETRAIN_DATASET_PATH",
+    "baseModel": "KUBETRAIN_BASE_MODEL_PATH",
+    "pretrainedWeights": "KUBETRAIN_PRETRAINED_WEIGHTS",
+}
+"""Where a worker finds each fetched source: the variable that names its path."""
+
+
+def fetch_pod(
+    job: TrainingJob,
+    attempt: int,
+    *,
+    placement: Placement,
+    settings: Settings,
+    cache_claim: str | None,
+) -> JSON:
+    """The job's fetch Pod (attempt ``attempt``): the trainer image running the fetch stage,
+    CPU only, on the nodes the workers will use (their volumes are the same), each source's
+    credentials Secret mounted for it alone."""
+    spec, name = job.spec, _name(job)
+    image, _ = _image_and_command(spec, settings)
+    meta = _metadata(job, fetch_pod_name(name, attempt), "fetch")
+    meta["labels"] |= {LABEL_STAGE: "fetch"}
+    sources = fetch_sources(spec)
+    cache_dir = CACHE_MOUNT if cache_claim else CHECKPOINT_CACHE
+    plan = FetchPlan(cache_dir=cache_dir, sources=sources)
+    volumes: list[JSON] = [
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[JSON] = [
+        {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if cache_claim:
+        volumes.append(_cache_volume(cache_claim, read_only=False))
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+    for source in sources:
+        if source.credentials_secret and source.credentials_dir:
+            volume = f"credentials-{source.name.lower()}"
+            volumes.append({"name": volume, "secret": {"secretName": source.credentials_secret}})
+            mounts.append({"name": volume, "mountPath": source.credentials_dir, "readOnly": True})
+    channel_volumes, channel_mounts = _channel_volume(settings)
+    env: list[JSON] = [
+        {"name": "KUBETRAIN_JOB_NAME", "value": name},
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        {"name": ENV_PLAN, "value": plan.model_dump_json(by_alias=True, exclude_none=True)},
+        {"name": "KUBETRAIN_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT},
+        {"name": "KUBETRAIN_PROGRESS_ANNOTATION", "value": ANNOTATION},
+        {"name": "KUBETRAIN_REPORT_INTERVAL_SECONDS",
+         "value": f"{settings.report_interval_seconds:g}"},
+        *_channel_env(settings),
+    ]  # fmt: skip
+    container: JSON = {
+        "name": "fetch",
+        "image": image,
+        "imagePullPolicy": settings.images.pull_policy,
+        "command": ["python", "-m", "kubetrain.trainer.fetch"],
+        "env": _user_env(spec, env),
+        "resources": {
+            "requests": {"cpu": settings.fetch_cpu, "memory": settings.fetch_memory},
+            "limits": {"memory": settings.fetch_memory},
+        },
+        "volumeMounts": mounts + channel_mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec = _pod_spec(spec, placement, settings, container, volumes + channel_volumes)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -101,6 +101,15 @@ class Settings(BaseModel):
         default="",
         description="The CA trainers verify the channel with (read from reportChannelTlsDir).",
     )
+    cache_claim_name: str = Field(
+        default="",
+        description=(
+            "A PersistentVolumeClaim that jobs without spec.cache share as their cache of "
+            "fetched datasets and models, in every namespace where a claim of that name exists."
+        ),
+    )
+    fetch_cpu: str = Field(default="1", description="CPU the fetch Pod requests.")
+    fetch_memory: str = Field(default="2Gi", description="Memory the fetch Pod requests.")
     resync_seconds: float = Field(
         default=15.0, gt=0, description="How often running jobs are re-evaluated (ETA, cost)."
     )

@@ -13,6 +13,7 @@ from kubetrain.api.children import (
     ANNOTATION_RESUME_FROM,
     ANNOTATION_WORKERS,
     LABEL_ATTEMPT,
+    LABEL_STAGE,
     LABEL_WORKER,
 )
 from kubetrain.api.report import ANNOTATION, EXIT_STOPPED, ProgressReport, ReportError, decode
@@ -66,6 +67,7 @@ class PodView:
     deletion_time: datetime | None = None
     node_lost: bool = False  # evicted because its node stopped reporting
     workers: int | None = None  # the size of the group it was started in
+    stage: str = ""  # "fetch" for the fetch Pod; workers have none
 
     @property
     def finished(self) -> bool:
@@ -115,6 +117,7 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
         "report": annotations.get(ANNOTATION),
         "resume_from": annotations.get(ANNOTATION_RESUME_FROM, ""),
         "workers": _int(annotations.get(ANNOTATION_WORKERS), 0) or None,
+        "stage": labels.get(LABEL_STAGE, ""),
     }
     for condition in status.get("conditions") or []:
         kind, state = condition.get("type"), condition.get("status")

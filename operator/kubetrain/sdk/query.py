@@ -84,14 +84,8 @@ def label_selector(labels: Mapping[str, str] | str | None) -> str | None:
 
 
 def created_at(job: TrainingJob) -> datetime | None:
-    """metadata.creationTimestamp (kept by the lenient ObjectMeta as an extra field)."""
-    extra = job.metadata.model_extra or {}
-    raw = extra.get("creationTimestamp")
-    if isinstance(raw, datetime):
-        return raw
-    if isinstance(raw, str) and raw:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return None
+    """metadata.creationTimestamp."""
+    return job.metadata.creation_timestamp
 
 
 def _progress(job: TrainingJob) -> float:

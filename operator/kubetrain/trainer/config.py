@@ -107,6 +107,8 @@ class RuntimeEnv:
     output_dir: Path
     dataset_path: Path | None = None
     dataset_uri: str | None = None
+    base_model_path: Path | None = None
+    """The fetch stage's copy of spec.llm.baseModel, in the cache (KUBETRAIN_BASE_MODEL_PATH)."""
     resume_from: str = ""
     """A checkpoint id, or "" / "latest" for the newest complete checkpoint (if any)."""
     job_name: str = ""
@@ -144,6 +146,9 @@ class RuntimeEnv:
             output_dir=Path(output),
             dataset_path=Path(dataset) if dataset else None,
             dataset_uri=environ.get("KUBETRAIN_DATASET_URI") or None,
+            base_model_path=Path(model)
+            if (model := environ.get("KUBETRAIN_BASE_MODEL_PATH"))
+            else None,
             resume_from="" if resume == "latest" else resume,
             job_name=environ.get("KUBETRAIN_JOB_NAME", ""),
             pod_name=environ.get("POD_NAME") or None,

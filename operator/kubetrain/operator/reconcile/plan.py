@@ -11,13 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kubetrain.api.children import checkpoint_claim_name
+from kubetrain.api.children import checkpoint_claim_name, fetch_pod_name
+from kubetrain.api.fetch import fetch_sources
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import EXIT_PERMANENT, ReportError, read_permanent
+from kubetrain.api.report import (
+    EXIT_PERMANENT,
+    FetchProgress,
+    ProgressReport,
+    ReportError,
+    read_permanent,
+)
 from kubetrain.api.status import (
     SPEC_ERRORS,
     ConditionStatus,
     EstimatedCost,
+    FetchedSource,
+    Initialization,
     Phase,
     Progress,
     ResourceAllocation,
@@ -36,6 +45,7 @@ from kubetrain.operator.status import (
 )
 
 _PHASE_CONDITION = {
+    Phase.INITIALIZING: "Initializing",
     Phase.QUEUED: "Queued",
     Phase.RUNNING: "Running",
     Phase.STOPPING: "Suspended",
@@ -67,17 +77,39 @@ class Plan:
     placement: Placement | None = None
     delete_job: bool = False
     requeue_after: float | None = None
+    fetch: int | None = None
+    """The fetch attempt whose Pod to create, if any."""
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What the reconciler looked up in the cluster for this pass (the plan stays pure)."""
+
+    cache_claim: str | None = None
+    """The shared cache claim a new fetch uses (spec.cache, or the operator's where it exists)."""
+    dataset_claim_missing: bool = False
+    """spec.dataset.pvc names a claim that does not exist."""
+
+
+DATASET_CLAIM_GRACE = timedelta(seconds=10)
+"""How long a job waits for its dataset claim (applied with it, a moment later) to appear."""
+FETCH_BACKOFF = 10.0
+"""Seconds before the second fetch attempt after a transient failure; doubles, to 5 min."""
 
 
 class _Planner:
-    def __init__(self, job: TrainingJob, pods: list[PodView], now: datetime, settings: Settings):
-        self.job, self.spec, self.pods, self.now, self.settings = (
-            job,
-            job.spec,
-            pods,
-            now,
-            settings,
-        )
+    def __init__(
+        self,
+        job: TrainingJob,
+        pods: list[PodView],
+        now: datetime,
+        settings: Settings,
+        lookups: Lookups,
+    ):
+        self.job, self.spec, self.now, self.settings = job, job.spec, now, settings
+        self.pods = [p for p in pods if p.stage != "fetch"]  # the workers
+        self.fetchers = [p for p in pods if p.stage == "fetch"]
+        self.lookups = lookups
         self.generation = job.metadata.generation
         self.plan = Plan(status=job.status.model_copy(deep=True))
         self.st = self.plan.status
@@ -118,8 +150,10 @@ class _Planner:
         self.plan.events.append(Event("Warning" if warning else "Normal", reason, message))
 
     def delete_active(self) -> None:
-        """Stop every worker Pod that still runs (gracefully: the trainer checkpoints)."""
-        self.plan.delete += [p.name for p in self.pods if not p.deleting and not p.finished]
+        """Stop every Pod that still runs (gracefully: a trainer checkpoints)."""
+        self.plan.delete += [
+            p.name for p in self.pods + self.fetchers if not p.deleting and not p.finished
+        ]
 
     def fail(self, reason: str, message: str) -> Plan:
         self.phase(Phase.FAILED, reason, message, warning=True)
@@ -180,7 +214,11 @@ class _Planner:
             return self._resize(resized[0].workers or 0)
 
         # A first start, a resume, or a run after a spec error cured by a new generation.
-        if st.attempt == 0 or st.phase in (Phase.STOPPED, Phase.FAILED):
+        if st.attempt == 0 or st.phase in (Phase.STOPPED, Phase.FAILED, Phase.INITIALIZING):
+            if self.lookups.dataset_claim_missing:
+                return self._no_dataset_claim()
+            if fetch_sources(spec) and not self._fetched():
+                return self._fetch()
             if not self._start():
                 return self.plan
             current = []
@@ -191,6 +229,122 @@ class _Planner:
         present = {p.index for p in current}
         self.plan.create = [i for i in range(workers) if i not in present]
         self._phase_from(current)
+        self._estimate()
+        return self.plan
+
+    def _no_dataset_claim(self) -> Plan:
+        claim = self.spec.dataset.pvc.claim_name if self.spec.dataset.pvc else ""
+        created = self.job.metadata.creation_timestamp
+        if created is not None and self.now - created < DATASET_CLAIM_GRACE:
+            self.plan.requeue_after = 2.0
+            return self.plan
+        return self.fail(
+            "DatasetNotFound",
+            f"spec.dataset.pvc.claimName: there is no PersistentVolumeClaim {claim!r} in "
+            f"namespace {self.job.metadata.namespace}",
+        )
+
+    def _fetched(self) -> bool:
+        """Whether every remote source is in the cache (from an earlier pass or attempt)."""
+        init = self.st.initialization
+        if init is None or init.state != "Complete":
+            return False
+        have = {(s.name, s.uri) for s in init.sources}
+        return all((s.name, s.uri) in have for s in fetch_sources(self.spec))
+
+    def _fetch(self) -> Plan:
+        """The fetch stage: one fetch Pod puts every remote source into the cache, once."""
+        st, limit = self.st, self.spec.run_policy.backoff_limit
+        init = st.initialization
+        if init is None or init.state == "Complete":  # first fetch (or a source changed)
+            init = st.initialization = Initialization(
+                start_time=self.now, claim_name=self.lookups.cache_claim
+            )
+        init.attempts = max(init.attempts, 1)
+        name = fetch_pod_name(self.job.metadata.name or "", init.attempts)
+        self.plan.delete += [
+            p.name for p in self.fetchers if p.name != name and not p.deleting and not p.finished
+        ]
+        pod = next((p for p in self.fetchers if p.name == name), None)
+        what = ", ".join(f"{s.name} {s.uri}" for s in fetch_sources(self.spec))
+        if pod is None:
+            self.plan.fetch = init.attempts
+            init.state = "Fetching"
+            self.phase(Phase.INITIALIZING, "Fetching", f"fetching {what} into the cache")
+            return self.plan
+        report = self._fetch_report(pod)
+        if pod.phase == "Succeeded" and report is not None and report.fetched:
+            init.state, init.completion_time = "Complete", self.now
+            init.sources = [FetchedSource.model_validate(s.model_dump()) for s in report.fetched]
+            init.percentage, init.remaining_seconds, init.bytes_per_second = 100.0, 0.0, None
+            sizes = ", ".join(
+                f"{s.name} {_size(s.size_bytes)}{' (reused)' if s.reused else ''}"
+                for s in report.fetched
+            )
+            self.event("Fetched", f"in the cache: {sizes}")
+            return self._start_after_fetch()
+        if pod.phase == "Failed" and pod.exit_code == EXIT_PERMANENT:
+            init.state = "Failed"
+            reason, message = read_permanent(pod.message)
+            return self.fail(reason, message)
+        if pod.finished or (pod.deleting and not pod.finished):
+            return self._fetch_again(init, pod, limit)
+        if report is not None and report.fetch is not None:
+            self._mirror_fetch(init, report.fetch)
+        self.phase(Phase.INITIALIZING, "Fetching", f"fetching {what} into the cache")
+        return self.plan
+
+    def _fetch_report(self, pod: PodView) -> ProgressReport | None:
+        try:
+            return read_report(pod)
+        except ReportError as err:
+            self.plan.bad_reports.append((pod, str(err)))
+            return None
+
+    def _mirror_fetch(self, init: Initialization, fetch: FetchProgress) -> None:
+        init.source = fetch.source or None
+        init.bytes_done, init.bytes_total = fetch.bytes_done, fetch.bytes_total or None
+        init.bytes_per_second = round(fetch.bytes_per_second, 1)
+        if fetch.bytes_total:
+            init.percentage = round(min(100.0, 100.0 * fetch.bytes_done / fetch.bytes_total), 1)
+            if fetch.bytes_per_second > 0:
+                left = (fetch.bytes_total - fetch.bytes_done) / fetch.bytes_per_second
+                init.remaining_seconds = round(max(left, 0.0), 1)
+
+    def _fetch_again(self, init: Initialization, pod: PodView, limit: int) -> Plan:
+        """A fetch Pod that failed for a transient reason (or was lost): another, later."""
+        if init.attempts > limit:
+            init.state = "Failed"
+            detail = f"exit code {pod.exit_code}" if pod.exit_code is not None else "lost"
+            if pod.message:
+                detail += f": {pod.message}"
+            return self.fail(
+                "FetchFailed",
+                f"fetch Pod {pod.name} failed ({detail}); {init.attempts} attempts exceed "
+                f"spec.runPolicy.backoffLimit ({limit})",
+            )
+        wait = min(FETCH_BACKOFF * 2 ** (init.attempts - 1), 300.0)
+        since = pod.finished_at or pod.deletion_time or self.now
+        left = (since + timedelta(seconds=wait) - self.now).total_seconds()
+        if left > 0:
+            self.plan.requeue_after = left
+            self.phase(
+                Phase.INITIALIZING, "FetchRetrying",
+                f"fetch Pod {pod.name} failed ({pod.message or pod.reason or 'no message'}); "
+                f"trying again in {left:.0f}s",
+            )  # fmt: skip
+            return self.plan
+        init.attempts += 1
+        self.plan.fetch = init.attempts
+        self.event("FetchRetrying", f"starting fetch attempt {init.attempts}", warning=True)
+        return self.plan
+
+    def _start_after_fetch(self) -> Plan:
+        """Once fetched, the first attempt starts in the same pass."""
+        if not self._start():
+            return self.plan
+        self.plan.resume_from = self.st.resumed_from or "latest"
+        self.plan.create = list(range(self.spec.resources.workers))
         self._estimate()
         return self.plan
 
@@ -297,7 +451,7 @@ class _Planner:
     def _stop(self, reason: str, message: str) -> Plan:
         self.delete_active()
         self.st.estimated_completion_time = None
-        if any(not p.finished for p in self.pods):
+        if any(not p.finished for p in self.pods + self.fetchers):
             self.phase(Phase.STOPPING, "Stopping", f"{message}: workers are writing a checkpoint")
         else:
             latest = self.st.latest_checkpoint
@@ -458,6 +612,22 @@ def _covered(spans: list[tuple[datetime, datetime]]) -> float:
     return total
 
 
-def plan(job: TrainingJob, pods: list[PodView], *, now: datetime, settings: Settings) -> Plan:
+def plan(
+    job: TrainingJob,
+    pods: list[PodView],
+    *,
+    now: datetime,
+    settings: Settings,
+    lookups: Lookups | None = None,
+) -> Plan:
     """Decide what the job needs now; see the module docstring."""
-    return _Planner(job, pods, now, settings).run()
+    return _Planner(job, pods, now, settings, lookups or Lookups()).run()
+
+
+def _size(size: int) -> str:
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"

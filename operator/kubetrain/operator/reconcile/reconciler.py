@@ -16,14 +16,16 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
+from kubetrain.api.fetch import fetch_sources
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
 from kubetrain.operator import metrics
 from kubetrain.operator.kube import Cluster, GoneError, StaleError
 from kubetrain.operator.reconcile.cache import Cache, Key
-from kubetrain.operator.reconcile.plan import Plan, plan
+from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
 from kubetrain.operator.render import (
     checkpoint_claim,
+    fetch_pod,
     headless_service,
     trainer_identity,
     worker_pod,
@@ -138,6 +140,7 @@ class Reconciler:
         self._errors: dict[Key, int] = {}  # failed reconciles in a row (backoff)
         self._budget = TokenBucket(settings.status_writes_per_second)
         self._create_failures: dict[Key, int] = {}  # refused Pod creations in a row
+        self._claims: set[tuple[str, str]] = set()  # claims known to exist
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -234,25 +237,34 @@ class Reconciler:
             for p in self.cache.pods(key)
             if controller_uid(p) == job.metadata.uid
         ]
-        decided = plan(job, pods, now=now, settings=self.settings)
+        decided = plan(job, pods, now=now, settings=self.settings, lookups=self._lookups(job))
         # Actions follow a recorded status (the attempt number above all), so a status
         # that comes with actions is written at once, throttle or not.
         acts = bool(decided.create or decided.delete or decided.events)
         wait = self._write_status(key, body, job.status, decided, force=acts)
-        # Events tell of the transition the status now records, so they go out with it,
-        # before the child changes: a failed Pod creation retries, but loses no Event.
-        for event in decided.events:
-            self.cluster.post_event(body, event.type, event.reason, event.message)
-        for name in dict.fromkeys(decided.delete):
-            self.cluster.delete_pod(key[0], name)
-        if decided.placement is not None and (decided.create or decided.status.phase in _ACTIVE):
-            waiting = self._apply_children(key, job)
-            if waiting is not None:
-                return waiting
-        if decided.create:
-            refused = self._create_pods(key, body, job, decided)
-            if refused is not None:
-                return refused
+        # Events tell of the transition the status now records. They go out after the
+        # child changes, which wait for nothing else (creation latency), and whatever those
+        # changes do: a failed Pod creation retries, but loses no Event.
+        try:
+            for name in dict.fromkeys(decided.delete):
+                self.cluster.delete_pod(key[0], name)
+            if decided.placement is not None and (
+                decided.create or decided.fetch is not None or decided.status.phase in _ACTIVE
+            ):
+                waiting = self._apply_children(key, job)
+                if waiting is not None:
+                    return waiting
+            if decided.fetch is not None and decided.placement is not None:
+                refused = self._create_fetch_pod(key, body, job, decided)
+                if refused is not None:
+                    return refused
+            if decided.create:
+                refused = self._create_pods(key, body, job, decided)
+                if refused is not None:
+                    return refused
+        finally:
+            for event in decided.events:
+                self.cluster.post_event(body, event.type, event.reason, event.message)
         self._report_problems(key, body, decided)
         if decided.delete_job:
             self.cluster.delete_job(*key)
@@ -279,7 +291,9 @@ class Reconciler:
         if decided.requeue_after is not None:
             return decided.requeue_after
         phase = decided.status.phase
-        if phase in (Phase.RUNNING, Phase.STOPPING, Phase.QUEUED, Phase.PENDING):
+        if phase in (
+            Phase.RUNNING, Phase.STOPPING, Phase.QUEUED, Phase.PENDING, Phase.INITIALIZING
+        ):  # fmt: skip
             return self.settings.resync_seconds
         if running:  # e.g. workers still checkpointing after a failure: usage still accrues
             return self.settings.resync_seconds
@@ -399,6 +413,7 @@ class Reconciler:
                 resume_from=decided.resume_from,
                 placement=decided.placement,
                 settings=self.settings,
+                fetched=decided.status.initialization,
             )
             name = pod["metadata"]["name"]
             try:
@@ -411,6 +426,56 @@ class Reconciler:
                 return self._creation_refused(key, _taken("Pod", name))
         if self._create_failures.pop(key, None) is not None:
             self._creation_condition(key, ConditionStatus.FALSE, "PodsCreated", "")
+        return None
+
+    def _lookups(self, job: TrainingJob) -> Lookups:
+        """The cluster facts a start needs (reads, at most once per job and claim)."""
+        st, spec = job.status, job.spec
+        if st.attempt and st.phase not in (Phase.STOPPED, Phase.FAILED, Phase.INITIALIZING):
+            return Lookups()
+        namespace = job.metadata.namespace or ""
+        missing = spec.dataset.pvc is not None and not self._claim(
+            namespace, spec.dataset.pvc.claim_name
+        )
+        cache = spec.cache.claim_name if spec.cache is not None else None
+        shared = self.settings.cache_claim_name
+        if cache is None and shared and fetch_sources(spec) and self._claim(namespace, shared):
+            cache = shared
+        return Lookups(cache_claim=cache, dataset_claim_missing=missing)
+
+    def _claim(self, namespace: str, name: str) -> bool:
+        """Whether the claim exists; a claim seen once is not asked about again."""
+        if (namespace, name) in self._claims:
+            return True
+        found = self.cluster.claim_exists(namespace, name)
+        if found:
+            with self._guard:
+                if len(self._claims) > 10_000:
+                    self._claims.clear()
+                self._claims.add((namespace, name))
+        return found
+
+    def _create_fetch_pod(
+        self, key: Key, body: JSON, job: TrainingJob, decided: Plan
+    ) -> float | None:
+        assert decided.placement is not None and decided.fetch is not None
+        init = decided.status.initialization
+        pod = fetch_pod(
+            job,
+            decided.fetch,
+            placement=decided.placement,
+            settings=self.settings,
+            cache_claim=init.claim_name if init is not None else None,
+        )
+        name = pod["metadata"]["name"]
+        try:
+            created = self.cluster.create_pod(pod)
+        except ApiException as err:
+            if err.status not in (400, 403, 422):
+                raise
+            return self._creation_refused(key, f"could not create Pod {name}: {_message(err)}")
+        if not created and not self._owns_pod(key, job, name):
+            return self._creation_refused(key, _taken("Pod", name))
         return None
 
     def _owns_pod(self, key: Key, job: TrainingJob, name: str) -> bool:
@@ -462,7 +527,7 @@ def _taken(kind: str, name: str) -> str:
     )
 
 
-_ACTIVE = (Phase.PENDING, Phase.QUEUED, Phase.RUNNING, Phase.STOPPING)
+_ACTIVE = (Phase.PENDING, Phase.INITIALIZING, Phase.QUEUED, Phase.RUNNING, Phase.STOPPING)
 """Phases in which a job's children must be in their desired state."""
 
 

@@ -96,10 +96,17 @@ def settle_precision(requested: str, strategy: Strategy, cuda: bool) -> Precisio
 
 
 def load_base(
-    llm: LLMConfig, precision: Precision, *, seed: int, cuda: bool, attention: str = "sdpa"
+    llm: LLMConfig,
+    precision: Precision,
+    *,
+    seed: int,
+    cuda: bool,
+    attention: str = "sdpa",
+    fetched: Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model and its tokenizer, ready for adapters."""
-    source = llm.base_model
+    """The base model and its tokenizer, ready for adapters: from ``fetched`` (the fetch
+    stage's copy of spec.llm.baseModel in the cache) when there is one."""
+    source = str(fetched) if fetched is not None else llm.base_model
     quantization = _four_bit(precision, cuda) if llm.strategy is Strategy.QLORA else None
     if source.startswith(RANDOM_SCHEME):
         if quantization is not None:

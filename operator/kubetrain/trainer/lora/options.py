@@ -81,8 +81,9 @@ def preflight(env: RuntimeEnv, spec: TrainingJobSpec) -> Records:
         records = read_records(env.dataset_path, fmt)
     elif dataset.uri is not None or env.dataset_uri:
         raise ConfigError(
-            f"spec.dataset.uri {dataset.uri or env.dataset_uri}: the LoRA trainer reads data "
-            "from a volume; put the data on a PVC (spec.dataset.pvc)"
+            f"spec.dataset.uri {dataset.uri or env.dataset_uri} was not fetched: the operator's "
+            "fetch stage puts it in the cache and sets KUBETRAIN_DATASET_PATH (outside the "
+            "operator, set it to a local copy)"
         )
     else:
         raise ConfigError(

@@ -91,7 +91,14 @@ def _train(
     precision = settle_precision(spec.optimization.mixed_precision.value, llm.strategy, cuda)
     seed = spec.training.seed
     transformers.set_seed(seed)
-    base, tokenizer = load_base(llm, precision, seed=seed, cuda=cuda, attention=options.attention)
+    base, tokenizer = load_base(
+        llm,
+        precision,
+        seed=seed,
+        cuda=cuda,
+        attention=options.attention,
+        fetched=session.env.base_model_path,
+    )
     transformers.set_seed(seed)
     model = add_adapters(base, llm, gradient_checkpointing=spec.optimization.gradient_checkpointing)
 

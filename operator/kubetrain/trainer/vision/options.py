@@ -125,8 +125,9 @@ def preflight(env: RuntimeEnv, spec: TrainingJobSpec, options: VisionOptions) ->
     if env.dataset_path is None:
         if dataset.uri is not None or env.dataset_uri:
             raise ConfigError(
-                f"spec.dataset.uri {dataset.uri or env.dataset_uri}: the vision trainer reads "
-                "data from a volume; put the data on a PVC (spec.dataset.pvc)"
+                f"spec.dataset.uri {dataset.uri or env.dataset_uri} was not fetched: the "
+                "operator's fetch stage puts it in the cache and sets KUBETRAIN_DATASET_PATH "
+                "(outside the operator, set it to a local copy)"
             )
         raise ConfigError("KUBETRAIN_DATASET_PATH is not set (the dataset volume's directory)")
     index = read_dataset(env.dataset_path, vision.task, dataset.format, vision.num_classes)
