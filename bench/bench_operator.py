@@ -105,6 +105,25 @@ def keep_node(core: client.CoreV1Api, stop: threading.Event) -> None:
     threading.Thread(target=beat, daemon=True).start()
 
 
+def shared_claim(core: client.CoreV1Api, path: Path) -> None:
+    """The claim every bench job names (checkpoint.existingClaimName), bound to a static PV."""
+    core.create_persistent_volume(client.V1PersistentVolume(
+        metadata=client.V1ObjectMeta(name="bench-shared"),
+        spec=client.V1PersistentVolumeSpec(
+            capacity={"storage": "1Ti"}, access_modes=["ReadWriteMany"],
+            storage_class_name="manual", host_path=client.V1HostPathVolumeSource(path=str(path)),
+            claim_ref=client.V1ObjectReference(namespace=NS, name="shared"),
+        ),
+    ))  # fmt: skip
+    core.create_namespaced_persistent_volume_claim(NS, client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name="shared"),
+        spec=client.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteMany"], storage_class_name="manual",
+            resources=client.V1VolumeResourceRequirements(requests={"storage": "1Ti"}),
+        ),
+    ))  # fmt: skip
+
+
 def container(state: dict[str, Any], ready: bool) -> dict[str, Any]:
     return {"name": "trainer", "image": "t", "imageID": "", "ready": ready, "restartCount": 0,
             "state": state}  # fmt: skip
@@ -167,6 +186,7 @@ def main() -> int:
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
         beating = threading.Event()
         keep_node(core, beating)
+        shared_claim(core, Path(tmp) / "shared")
 
         (metrics_port,) = free_ports(1)
         log = Path(tmp) / "operator.log"

@@ -228,3 +228,50 @@ def test_frames_fit_the_terminal_width() -> None:
     wide = live.frame([job()], Style(bars=True), 200, namespaces=False)
     assert max(len(line) for line in narrow) <= 80
     assert narrow[1].count(FULL) < wide[1].count(FULL) == 16  # 40% of the widest bar (40)
+
+
+def fetching_job() -> TrainingJob:
+    return job(
+        phase="Initializing",
+        progress=None,
+        conditions=[],
+        initialization={
+            "state": "Fetching",
+            "attempts": 1,
+            "source": "baseModel",
+            "bytesDone": 256 << 20,
+            "bytesTotal": 1 << 30,
+            "bytesPerSecond": float(64 << 20),
+            "percentage": 25.0,
+            "remainingSeconds": 12.0,
+        },
+    )
+
+
+def test_a_fetching_job_shows_the_download_where_training_progress_will_be() -> None:
+    row = views.list_row(fetching_job(), NOW, PLAIN)
+    assert row[1:3] == ["Initializing", "25.0%"] and row[5] == "12s"
+    described = "\n".join(views.describe(fetching_job(), [], NOW, TERMINAL))
+    assert "Fetch:          " in described and "25.0%" in described
+    assert "baseModel 256.0MiB/1.0GiB at 64.0MiB/s, 12s left (attempt 1)" in described
+    assert "Progress:       -" in described
+
+
+def test_a_fetched_job_lists_its_sources_with_their_revisions() -> None:
+    done = job(
+        initialization={
+            "state": "Complete",
+            "attempts": 1,
+            "sources": [
+                {"name": "dataset", "uri": "s3://corpus/train.jsonl",
+                 "revision": "0123456789abcdef", "path": "/cache/datasets/train-01/train.jsonl",
+                 "sizeBytes": 2048, "reused": True},
+            ],
+        }
+    )  # fmt: skip
+    described = "\n".join(views.describe(done, [], NOW, PLAIN))
+    assert "Fetch:          Complete" in described
+    assert (
+        "  dataset: s3://corpus/train.jsonl @ 0123456789ab -> "
+        "/cache/datasets/train-01/train.jsonl (2.0KiB, reused)"
+    ) in described

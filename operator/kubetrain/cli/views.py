@@ -20,9 +20,33 @@ WIDE_HEADERS = ("TYPE", "GPUS", "PRIORITY", "EST-TOTAL", "CHECKPOINT")
 BAR_WIDTH = 20
 
 
+def fetching(job: TrainingJob) -> bool:
+    """Whether the job is in its fetch stage (remote data and models into the cache)."""
+    return job.status.phase is Phase.INITIALIZING and job.status.initialization is not None
+
+
 def percentage(job: TrainingJob) -> float | None:
+    """Training progress; while fetching, how much of the download is done."""
+    if fetching(job):
+        init = job.status.initialization
+        return init.percentage if init else None
     progress = job.status.progress
     return progress.percentage if progress else None
+
+
+def fetch_line(job: TrainingJob) -> str:
+    """``baseModel 256.0MiB/1.0GiB at 64.0MiB/s, 12s left``: where the fetch stage is."""
+    init = job.status.initialization
+    if init is None:
+        return fmt.NONE
+    if init.state == "Complete":
+        return f"done, {len(init.sources)} source(s) in the cache"
+    done = f"{fmt.size(init.bytes_done)}/{fmt.size(init.bytes_total)}"
+    rate = f"{fmt.size(round(init.bytes_per_second))}/s" if init.bytes_per_second else fmt.NONE
+    return (
+        f"{init.source or 'starting'} {done} at {rate}, "
+        f"{fmt.duration(init.remaining_seconds)} left (attempt {init.attempts})"
+    )
 
 
 def epoch(job: TrainingJob) -> str:
@@ -41,7 +65,11 @@ def loss(job: TrainingJob) -> str:
 
 
 def eta(job: TrainingJob) -> str:
-    """Training time left, while the job is active (finished jobs have none)."""
+    """Training time left, while the job is active (finished jobs have none); while
+    fetching, the fetch's."""
+    if fetching(job):
+        init = job.status.initialization
+        return fmt.duration(init.remaining_seconds if init else None)
     progress = job.status.progress
     if not progress or job.status.phase in (Phase.COMPLETED, Phase.FAILED, Phase.STOPPED):
         return fmt.NONE
@@ -102,6 +130,8 @@ def progress_text(job: TrainingJob, style: Style, width: int = BAR_WIDTH) -> str
     if not style.bars:
         return pct
     colour = "green" if job.status.phase is Phase.COMPLETED else "cyan"
+    if fetching(job):
+        colour = "yellow"
     return f"{style.paint(style.bar(percentage(job), width), colour)} {pct:>6}"
 
 
@@ -195,8 +225,20 @@ def describe(
     reason = job.metadata.annotations.get(STOP_REASON_ANNOTATION)
     if reason and spec.suspend:
         lines.append(f"Stop reason:    {reason}")
+    init = st.initialization
+    if init is not None:
+        lines.append(
+            f"Fetch:          {progress_text(job, style) if fetching(job) else init.state}"
+        )
+        lines.append(f"                {fetch_line(job)}")
+        lines += [
+            f"  {s.name}: {s.uri} @ {s.revision[:12]} -> {s.path} ({fmt.size(s.size_bytes)}"
+            f"{', reused' if s.reused else ''})"
+            for s in init.sources
+        ]
+    training = fmt.NONE if fetching(job) else progress_text(job, style)  # not started yet
     lines += [
-        f"Progress:       {progress_text(job, style)}",
+        f"Progress:       {training}",
         f"                epoch {epoch(job)}, step {step(job)}",
         f"Time:           elapsed {fmt.duration(progress.elapsed_seconds if progress else None)}, "
         f"remaining {eta(job)}, ETA {fmt.timestamp(st.estimated_completion_time)}",
