@@ -1,7 +1,8 @@
 """A loopback S3 server for the fetch stage's tests: moto's own WSGI app under werkzeug.
 
-A middleware records every request, so a test can tell listings from downloads, and can pace
-the download of chosen objects (64 KiB at a time) to give a test time to act mid-transfer.
+A middleware records every request, so a test can tell listings from downloads; it can pace
+the download of chosen objects (64 KiB at a time) to give a test time to act mid-transfer,
+and damage others (their first byte flipped) as a faulty link would.
 After ``require_auth`` the server checks every request's signature, as S3 does, against the
 access keys created through its IAM API.
 """
@@ -26,7 +27,10 @@ from werkzeug.serving import make_server
 PACE_BYTES = 64 * 1024
 PACE_SECONDS = 0.02
 REGION = "us-east-1"
-POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+}
 
 
 class _QuietHandler(MotoRequestHandler):
@@ -42,6 +46,8 @@ class S3Server:
         """(method, path) of every request, in order; the path is ``/bucket/key``."""
         self.paced: set[str] = set()
         """``/bucket/key`` paths whose downloads are paced."""
+        self.damaged: set[str] = set()
+        """``/bucket/key`` paths whose downloads arrive with their first byte flipped."""
         self._moto = DomainDispatcherApplication(create_backend_app)
         self._lock = threading.Lock()
         self._server = make_server(
@@ -57,13 +63,14 @@ class S3Server:
         self._server.shutdown()
         self._thread.join(10)
 
-    def client(self) -> Any:
+    def client(self, **options: Any) -> Any:
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=self.key,
             aws_secret_access_key=self.secret,
             region_name=REGION,
+            **options,
         )
 
     def require_auth(self) -> None:
@@ -99,13 +106,14 @@ class S3Server:
         )
         urllib.request.urlopen(request, timeout=10).close()
 
-    def _app(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
         with self._lock:
             self.requests.append((method, path))
         body = self._moto(environ, start_response)
+        if method == "GET" and path in self.damaged:
+            data = b"".join(body)
+            return [bytes([data[0] ^ 0xFF]) + data[1:]]
         return self._paced(body, path) if method == "GET" and path in self.paced else body
 
     def _paced(self, body: Iterable[bytes], path: str) -> Iterator[bytes]:

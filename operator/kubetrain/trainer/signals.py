@@ -40,7 +40,7 @@ class StopFlag:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if not self._event.is_set():
-            log.warning("%s received: stopping after a checkpoint at the next step", _name(signum))
+            log.warning("%s received: stopping at the next safe point", _name(signum))
         self.set(_name(signum))
 
     def set(self, reason: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubetrain.api.fetch import ENV_PLAN, FetchPlan, FetchSource, SourceKind
-from kubetrain.api.report import FetchedSource, ProgressReport, permanent_message
+from kubetrain.api.report import EXIT_STOPPED, FetchedSource, ProgressReport, permanent_message
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.fetch import hub, objects
 from kubetrain.trainer.fetch.progress import Progress
@@ -26,7 +26,7 @@ from kubetrain.trainer.reporter import Channel, ChannelSink, Reporter, sink_from
 from kubetrain.trainer.runtime import Outcome, TrainerError, configure_logging, run_entry
 from kubetrain.trainer.signals import StopFlag
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kubetrain.trainer.fetch")
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 3.0
@@ -68,7 +68,13 @@ class _Fetcher(threading.Thread):
     def run(self) -> None:
         try:
             for source in self.plan.sources:
-                self.fetched.append(fetch_source(source, Path(self.plan.cache_dir), self.progress))
+                done = fetch_source(source, Path(self.plan.cache_dir), self.progress)
+                log.info(
+                    "%s: %s at %s: %d file(s), %d bytes, revision %s",
+                    done.name, "already cached" if done.reused else "fetched", done.path,
+                    done.files, done.size_bytes, done.revision,
+                )  # fmt: skip
+                self.fetched.append(done)
         except BaseException as err:
             self.error = err
 
@@ -99,8 +105,10 @@ def _main() -> Outcome:
         message = f"fetched {len(fetcher.fetched)} sources ({reused} already in the cache)"
         _close(reporter, progress.report("completed", message, fetcher.fetched))
         return Outcome.completed(message)
-    if stop.is_set() or error is None:
-        message = f"stopped by {stop.reason} during the fetch; no partial download is kept"
+    if error is None or stop.is_set():  # None: still blocked (a read, a lock) after the grace
+        message = (
+            f"stopped by {stop.reason} during the fetch; the cache keeps complete entries only"
+        )
         _close(reporter, progress.report("stopping", message))
         return Outcome.stopped(message)
     if isinstance(error, TrainerError):
@@ -117,7 +125,13 @@ def _close(reporter: Reporter, final: ProgressReport) -> None:
 
 def main() -> int:
     configure_logging()
-    return run_entry(_main)
+    code = run_entry(_main)
+    if code == EXIT_STOPPED:
+        # Exit now: the interpreter would wait for library threads still downloading
+        # (huggingface_hub's pool), past the kubelet's grace period.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

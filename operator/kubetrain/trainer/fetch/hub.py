@@ -2,7 +2,9 @@
 
 huggingface_hub already keeps one snapshot per commit and links a file into a snapshot only
 once its blob is complete, so the Hub needs no cache entry of ours: the revision is the
-commit, the path the snapshot directory. With ``HF_HUB_OFFLINE`` the cache alone answers.
+commit, the path the snapshot directory. Online, a dry run first resolves the revision to a
+commit and tells which files are cached already; with ``HF_HUB_OFFLINE`` the cache alone
+answers. A snapshot's bytes count in the progress once it is complete.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from huggingface_hub import DryRunFileInfo, constants, errors
 from kubetrain.api.fetch import FetchSource
 from kubetrain.api.report import FetchedSource
 from kubetrain.trainer.fetch.progress import Progress
-from kubetrain.trainer.fetch.source import Credentials, access_denied, bad_uri, not_found
+from kubetrain.trainer.fetch.source import (
+    Credentials,
+    access_denied,
+    bad_uri,
+    credentials_of,
+    not_found,
+)
 from kubetrain.trainer.runtime import TrainerError
 
 
@@ -90,8 +98,13 @@ def _permanent(err: BaseException, source: FetchSource) -> TrainerError | None:
         err = err.__cause__
     if isinstance(err, errors.GatedRepoError):
         return access_denied(source)
-    if isinstance(err, (errors.RepositoryNotFoundError, errors.RevisionNotFoundError)):
-        return not_found(source, str(err).splitlines()[0])
+    if isinstance(err, errors.RevisionNotFoundError):
+        return not_found(source, "no such revision")
+    if isinstance(err, errors.RepositoryNotFoundError):
+        if err.response.status_code == 401:  # the Hub's answer for private repositories too
+            detail = f"no such repository, or it is private to {credentials_of(source)}"
+            return not_found(source, detail)
+        return not_found(source, "no such repository")
     if isinstance(err, errors.HfHubHTTPError) and err.response.status_code in (401, 403):
         return access_denied(source)
     if isinstance(err, errors.LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE:

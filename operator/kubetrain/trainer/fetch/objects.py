@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientError, ClientResponseError
 from fsspec.callbacks import Callback  # type: ignore[import-untyped]
+from fsspec.implementations.http import HTTPFileSystem  # type: ignore[import-untyped]
 
 from kubetrain.api.fetch import FetchSource
 from kubetrain.api.report import FetchedSource
@@ -124,8 +125,6 @@ def _filesystem(scheme: str, credentials: Credentials) -> Any:
         import gcsfs  # type: ignore[import-untyped]  # noqa: PLC0415 - only for gs:// sources
 
         return gcsfs.GCSFileSystem(token=credentials.file("service-account.json"))
-    from fsspec.implementations.http import HTTPFileSystem  # type: ignore[import-untyped]  # noqa: PLC0415
-
     return HTTPFileSystem()
 
 
@@ -184,8 +183,8 @@ def _translated(source: FetchSource, *, listing: bool) -> Iterator[None]:
 
     Credentials refused is permanent at any time; "not found" only while listing (an object
     that vanishes between the listing and its download is a changed source: retry).
-    fsspec's https ``info`` reports every failure as FileNotFoundError, with the real one as
-    its cause: a connection error or a 5xx there is transient.
+    fsspec's https ``info`` reports every failure as FileNotFoundError caused by the real
+    one; a connection error or a 5xx there is transient and is raised as itself.
     """
     try:
         yield
@@ -199,6 +198,8 @@ def _translated(source: FetchSource, *, listing: bool) -> Iterator[None]:
         missing = gone or status in (404, 410)
         if listing and missing:
             raise not_found(source, "not found") from err
+        if isinstance(err, FileNotFoundError) and isinstance(err.__cause__, ClientError):
+            raise err.__cause__ from None
         raise
 
 

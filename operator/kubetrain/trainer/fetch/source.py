@@ -39,12 +39,16 @@ def not_found(source: FetchSource, detail: str) -> TrainerError:
 
 
 def access_denied(source: FetchSource) -> TrainerError:
-    whose = (
-        f"the credentials of Secret {source.credentials_secret}"
-        if source.credentials_secret
-        else "the environment's default credentials"
+    return TrainerError(
+        f"{source.uri}: access denied with {credentials_of(source)}", reason="AccessDenied"
     )
-    return TrainerError(f"{source.uri}: access denied with {whose}", reason="AccessDenied")
+
+
+def credentials_of(source: FetchSource) -> str:
+    """Whose credentials were used, for messages: the Secret's name, never a value."""
+    if source.credentials_secret:
+        return f"the credentials of Secret {source.credentials_secret}"
+    return "the environment's default credentials"
 
 
 def bad_uri(source: FetchSource, detail: str) -> TrainerError:
