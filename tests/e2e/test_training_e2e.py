@@ -56,6 +56,23 @@ class Job:
         result: dict[str, Any] = wait_for(probe, f"{self.name}: {what}", TIMEOUT, self.operator)
         return result
 
+    def until_failed(self, reason: str) -> dict[str, Any]:
+        """The Failed condition, once the job failed with ``reason``."""
+
+        def probe() -> dict[str, Any] | None:
+            status = self.status()
+            failed = next(
+                (c for c in status.get("conditions") or [] if c["type"] == "Failed"), None
+            )
+            if status.get("phase") == "Failed" and failed and failed["reason"] == reason:
+                return dict(failed, failures=status.get("failures", 0))
+            return None
+
+        result: dict[str, Any] = wait_for(
+            probe, f"{self.name}: Failed {reason}", TIMEOUT, self.operator
+        )
+        return result
+
     def patch(self, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.ns, PLURAL, self.name, {"spec": spec}

@@ -1,0 +1,143 @@
+"""Remote data and models on the local cluster: an S3-compatible server on loopback holds the
+dataset and the base model; the fetch Pod brings them into the cache once, the LoRA trainer
+trains from there, and a stop and a resume fetch nothing again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.test_training_e2e import Job, _step, tiny_lora
+from tests.integration.operator_fixtures import OperatorProcess
+from tests.trainer.s3server import REGION, S3Server
+
+BUCKET = "training-data"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    from kubetrain.trainer.lora.model import random_model  # noqa: PLC0415 - torch, only here
+
+    server = S3Server()
+    store = server.client()
+    store.create_bucket(Bucket=BUCKET)
+    lines = [
+        json.dumps({"prompt": f"What is {i} + 1?", "completion": f" {i + 1}"}) for i in range(512)
+    ]
+    store.put_object(Bucket=BUCKET, Key="datasets/sums/train.jsonl", Body="\n".join(lines).encode())
+    saved = tmp_path_factory.mktemp("llama-tiny")
+    model, tokenizer = random_model("llama-tiny", seed=0)
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    for path in sorted(p for p in saved.rglob("*") if p.is_file()):
+        key = f"models/llama-tiny/{path.relative_to(saved)}"
+        store.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+    server.require_auth()
+    yield server
+    server.stop()
+
+
+def keys(core: client.CoreV1Api, namespace: str, s3: S3Server, name: str = "s3-keys") -> None:
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name),
+            string_data={
+                "AWS_ACCESS_KEY_ID": s3.key,
+                "AWS_SECRET_ACCESS_KEY": s3.secret,
+                "AWS_ENDPOINT_URL": s3.endpoint,
+                "AWS_REGION": REGION,
+            },
+        ),
+    )
+
+
+def remote_lora(name: str) -> dict[str, Any]:
+    manifest = tiny_lora(name)
+    spec = manifest["spec"]
+    credentials = {"secretName": "s3-keys"}
+    spec["dataset"] = {
+        "uri": f"s3://{BUCKET}/datasets/sums/",
+        "format": "jsonl",
+        "credentials": credentials,
+    }
+    spec["llm"] |= {"baseModel": f"s3://{BUCKET}/models/llama-tiny/", "credentials": credentials}
+    spec["checkpoint"] |= {"intervalSteps": 16}
+    return manifest
+
+
+@pytest.fixture
+def job(
+    api_client: client.ApiClient,
+    e2e_namespace: str,
+    e2e_operator: OperatorProcess,
+    s3: S3Server,
+) -> Job:
+    keys(client.CoreV1Api(api_client), e2e_namespace, s3)
+    return Job(api_client, e2e_namespace, "remote", e2e_operator)
+
+
+def _env(pod: client.V1Pod) -> dict[str, str]:
+    return {e.name: e.value for e in pod.spec.containers[0].env if e.value is not None}
+
+
+def test_a_lora_job_trains_from_s3_and_never_fetches_twice(job: Job, s3: S3Server) -> None:
+    job.create(remote_lora("remote"))
+    fetching = job.until(lambda s: s.get("phase") == "Initializing", "Initializing")
+    assert fetching["initialization"]["state"] == "Fetching"
+    running = job.until(lambda s: _step(s) > 0, "training from the fetched copies")
+    sources = {s["name"]: s for s in running["initialization"]["sources"]}
+    assert set(sources) == {"dataset", "baseModel"}
+    assert sources["baseModel"]["path"].startswith("/checkpoints/.cache/models/")
+    assert sources["dataset"]["files"] == 1 and sources["baseModel"]["files"] >= 3
+    worker = job.core.read_namespaced_pod("remote-worker-0-a1", job.ns)
+    env = _env(worker)
+    assert env["KUBETRAIN_BASE_MODEL_PATH"] == sources["baseModel"]["path"]
+    assert env["KUBETRAIN_DATASET_PATH"] == sources["dataset"]["path"]
+    secrets = [v for v in worker.spec.volumes if v.secret is not None]
+    assert secrets == [], "the workers never see the source credentials"
+    fetched = s3.downloads()
+    assert fetched == 1 + sources["baseModel"]["files"], "each object downloaded once"
+
+    job.until(lambda s: s.get("latestCheckpoint"), "a checkpoint")
+    job.patch({"suspend": True})
+    job.until(lambda s: s.get("phase") == "Stopped", "Stopped")
+    job.patch({"suspend": False})
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the resume")
+    assert done["attempt"] == 2 and _step(done) == done["progress"]["totalSteps"]
+    assert s3.downloads() == fetched, "the resumed attempt read the cache, not the bucket"
+    pods = [p.metadata.name for p in job.core.list_namespaced_pod(job.ns).items]
+    assert [p for p in pods if "-fetch-" in p] == ["remote-fetch-1"]
+
+
+def test_a_missing_object_fails_the_job_at_once(job: Job) -> None:
+    manifest = remote_lora("remote")
+    manifest["spec"]["dataset"]["uri"] = f"s3://{BUCKET}/datasets/nowhere/"
+    job.create(manifest)
+    failed = job.until_failed("DatasetNotFound")
+    assert f"s3://{BUCKET}/datasets/nowhere/" in failed["message"]
+    assert failed.get("failures", 0) == 0
+
+
+def test_refused_credentials_are_access_denied_naming_the_secret(job: Job, s3: S3Server) -> None:
+    job.core.create_namespaced_secret(
+        job.ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="stale-keys"),
+            string_data={
+                "AWS_ACCESS_KEY_ID": "AKIAOLDKEY",
+                "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+                "AWS_ENDPOINT_URL": s3.endpoint,
+                "AWS_REGION": REGION,
+            },
+        ),
+    )
+    manifest = remote_lora("remote")
+    manifest["spec"]["dataset"]["credentials"] = {"secretName": "stale-keys"}
+    job.create(manifest)
+    failed = job.until_failed("AccessDenied")
+    assert "stale-keys" in failed["message"] and "not-the-secret" not in failed["message"]
