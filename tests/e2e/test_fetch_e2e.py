@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
-from tests.e2e.test_training_e2e import Job, _step, tiny_lora
+from tests.e2e.test_training_e2e import ROOT, Job, _step, tiny_lora
 from tests.integration.operator_fixtures import OperatorProcess
 from tests.trainer.s3server import REGION, S3Server
 
@@ -141,3 +142,37 @@ def test_refused_credentials_are_access_denied_naming_the_secret(job: Job, s3: S
     job.create(manifest)
     failed = job.until_failed("AccessDenied")
     assert "stale-keys" in failed["message"] and "not-the-secret" not in failed["message"]
+
+
+def test_the_llama_example_trains_on_two_workers_from_s3(
+    api_client: client.ApiClient, e2e_namespace: str, e2e_operator: OperatorProcess, s3: S3Server
+) -> None:
+    """examples/llama2-7b-lora.yaml as it is, with tiny stand-ins for its dataset and base
+    model on the loopback server, and its credentials in the Secrets it names."""
+    core = client.CoreV1Api(api_client)
+    for name, data in (
+        ("training-data-s3", {"access-key-id": s3.key, "secret-access-key": s3.secret}),
+        ("huggingface", {"token": "hf_unused"}),
+    ):
+        core.create_namespaced_secret(
+            e2e_namespace,
+            client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data),
+        )
+    manifest: dict[str, Any] = yaml.safe_load(
+        (ROOT / "examples" / "llama2-7b-lora.yaml").read_text()
+    )
+    spec = manifest["spec"]
+    spec["dataset"]["uri"] = f"s3://{BUCKET}/datasets/sums/"
+    spec["llm"]["baseModel"] = f"s3://{BUCKET}/models/llama-tiny/"
+    spec["env"] += [
+        {"name": "AWS_ENDPOINT_URL", "value": s3.endpoint},
+        {"name": "AWS_REGION", "value": REGION},
+    ]
+    spec["checkpoint"]["size"] = "1Gi"
+    job = Job(api_client, e2e_namespace, manifest["metadata"]["name"], e2e_operator)
+    job.create(manifest)
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+    assert done["resourceAllocation"]["workers"] == 2
+    assert {s["name"] for s in done["initialization"]["sources"]} == {"dataset", "baseModel"}
+    assert _step(done) == done["progress"]["totalSteps"] > 0
+    assert done["model"]["path"]
