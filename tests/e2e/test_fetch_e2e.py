@@ -12,6 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from kubetrain.localcluster.nodeagent import STORAGE_CLASS
 from tests.e2e.test_training_e2e import ROOT, Job, _step, tiny_lora
 from tests.integration.operator_fixtures import OperatorProcess
 from tests.trainer.s3server import REGION, S3Server
@@ -176,3 +177,37 @@ def test_the_llama_example_trains_on_two_workers_from_s3(
     assert {s["name"] for s in done["initialization"]["sources"]} == {"dataset", "baseModel"}
     assert _step(done) == done["progress"]["totalSteps"] > 0
     assert done["model"]["path"]
+
+
+def test_jobs_on_one_shared_cache_fetch_one_copy(
+    api_client: client.ApiClient, e2e_namespace: str, e2e_operator: OperatorProcess, s3: S3Server
+) -> None:
+    core = client.CoreV1Api(api_client)
+    keys(core, e2e_namespace, s3)
+    core.create_namespaced_persistent_volume_claim(
+        e2e_namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="model-cache"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteMany"],
+                storage_class_name=STORAGE_CLASS,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )
+    before = s3.downloads()
+    jobs = []
+    for name in ("first", "second"):
+        manifest = remote_lora(name)
+        manifest["spec"]["cache"] = {"claimName": "model-cache"}
+        manifest["spec"]["training"]["epochs"] = 1
+        job = Job(api_client, e2e_namespace, name, e2e_operator)
+        job.create(manifest)
+        jobs.append(job)
+        done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+        sources = done["initialization"]["sources"]
+        assert all(s["path"].startswith("/cache/") for s in sources)
+        if name == "second":
+            assert all(s.get("reused") for s in sources), "the second job downloaded nothing"
+    files = 1 + next(s for s in sources if s["name"] == "baseModel")["files"]
+    assert s3.downloads() - before == files, "one copy for both jobs"
