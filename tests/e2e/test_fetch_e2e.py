@@ -5,15 +5,22 @@ trains from there, and a stop and a resume fetch nothing again."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
+from kubetrain.api.report import tree_digest
+from kubetrain.api.status import ModelOutput
 from kubetrain.localcluster.nodeagent import STORAGE_CLASS
+from kubetrain.sdk import Client, download
 from tests.e2e.test_training_e2e import ROOT, Job, _step, tiny_lora
+from tests.integration.helpers import plugin
 from tests.integration.operator_fixtures import OperatorProcess
 from tests.trainer.s3server import REGION, S3Server
 
@@ -211,3 +218,68 @@ def test_jobs_on_one_shared_cache_fetch_one_copy(
             assert all(s.get("reused") for s in sources), "the second job downloaded nothing"
     files = 1 + next(s for s in sources if s["name"] == "baseModel")["files"]
     assert s3.downloads() - before == files, "one copy for both jobs"
+
+
+def test_the_result_is_published_and_downloaded_with_one_command(
+    job: Job, s3: S3Server, cluster: Any, tmp_path: Path
+) -> None:
+    manifest = remote_lora("remote")
+    manifest["spec"]["training"]["epochs"] = 1
+    manifest["spec"]["output"] = {
+        "uri": f"s3://{BUCKET}/results/remote/",
+        "credentials": {"secretName": "s3-keys"},
+    }
+    job.create(manifest)
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+    model = done["model"]
+    assert model["uri"] == f"s3://{BUCKET}/results/remote/"
+    assert model["digest"].startswith("sha256:") and model["sizeBytes"] > 0
+    published = next(c for c in done["conditions"] if c["type"] == "Published")
+    assert published["status"] == "True" and published["reason"] == "Uploaded"
+
+    # kubectl train download, with this machine's own S3 credentials (the default chain).
+    env = os.environ | {
+        "AWS_ACCESS_KEY_ID": s3.key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret,
+        "AWS_ENDPOINT_URL": s3.endpoint,
+        "AWS_REGION": REGION,
+    }
+    target = tmp_path / "from-s3"
+    run = subprocess.run(
+        [str(plugin()), "--kubeconfig", str(cluster.kubeconfig), "-n", job.ns,
+         "download", "remote", str(target)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "model downloaded to" in run.stdout
+    assert (target / "kubetrain-model.json").is_file()
+    assert tree_digest(target)[0] == model["digest"]
+
+    # Off the volume (as if nothing had been published): a short-lived Pod, the same files.
+    sdk = Client(kubeconfig=str(cluster.kubeconfig), namespace=job.ns)
+    volume = download.from_volume(
+        sdk.core, sdk.get("remote"), ModelOutput.model_validate(model), tmp_path / "from-volume",
+        image="unused-on-the-node-agent", timeout=120,
+    )  # fmt: skip
+    assert volume == model["sizeBytes"]
+    assert tree_digest(tmp_path / "from-volume")[0] == model["digest"]
+    assert not [
+        p for p in sdk.core.list_namespaced_pod(job.ns).items if "-download-" in p.metadata.name
+    ]
+
+
+def test_a_failed_upload_is_a_condition_and_the_model_stays_on_the_volume(job: Job) -> None:
+    manifest = remote_lora("remote")
+    manifest["spec"]["training"]["epochs"] = 1
+    manifest["spec"]["output"] = {
+        "uri": "s3://no-such-bucket/results/",
+        "credentials": {"secretName": "s3-keys"},
+    }
+    job.create(manifest)
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+    published = next(c for c in done["conditions"] if c["type"] == "Published")
+    assert published["status"] == "False" and published["reason"] == "UploadFailed"
+    assert "s3://no-such-bucket/results/" in published["message"]
+    assert done["model"]["path"] and not done["model"].get("uri")
+    events = job.core.list_namespaced_event(job.ns).items
+    assert any(e.reason == "UploadFailed" and e.type == "Warning" for e in events)

@@ -8,8 +8,10 @@ it as untrusted input (bounded size, strict types, finite numbers in range) and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -82,10 +84,16 @@ class ReportedCheckpoint(_Model):
 
 
 class ReportedModel(_Model):
-    """Where the trained result is (adapter, weights, ONNX) on the job's volume."""
+    """Where the trained result is (adapter, weights, ONNX) on the job's volume, and where it
+    was published (spec.output)."""
 
     path: Annotated[str, Field(max_length=1024)]
     format: Annotated[str, Field(max_length=64)] = ""
+    uri: Annotated[str, Field(max_length=2048)] = ""
+    size_bytes: Count = 0
+    digest: Annotated[str, Field(max_length=80)] = ""
+    """``sha256:<hex>`` over the files' relative paths and contents."""
+    upload_error: Annotated[str, Field(max_length=1024)] = ""
 
 
 class FetchProgress(_Model):
@@ -150,6 +158,26 @@ class ProgressReport(_Model):
 
 class ReportError(ValueError):
     """A report the operator must ignore, with the reason in the message."""
+
+
+MODEL_MANIFEST = "kubetrain-model.json"
+"""The file a published model directory is sealed with, written (and uploaded) last."""
+
+
+def tree_digest(directory: Path) -> tuple[str, int, list[Path]]:
+    """A model directory's ``ReportedModel.digest`` (``sha256:`` over each file's relative
+    path and content, in path order, the manifest last), its bytes, and its files in that
+    order: the trainer computes it as it publishes, a downloader to check what it got."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == MODEL_MANIFEST)
+    total, hasher = 0, hashlib.sha256()
+    for path in files:
+        hasher.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        with path.open("rb") as data:
+            while block := data.read(1 << 20):
+                hasher.update(block)
+                total += len(block)
+    return f"sha256:{hasher.hexdigest()}", total, files
 
 
 def encode(report: ProgressReport) -> str:

@@ -187,6 +187,24 @@ class CacheConfig(SpecModel):
     )
 
 
+class OutputConfig(SpecModel):
+    """Where the trained model is published when the job completes."""
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=r"^(s3|gs)://[^/\s]+(/[^\s]*)?$",
+        description=(
+            "s3://bucket/prefix or gs://bucket/prefix: on completion rank 0 uploads the result "
+            "(the LoRA adapter or weights, the vision model, its ONNX export and label map) "
+            "there; status.model.uri, sizeBytes and digest then say where it is. The result "
+            "stays on the checkpoint volume too, upload or not."
+        ),
+    )
+    credentials: SourceCredentials | None = Field(
+        default=None, description="The Secret to upload with (keys as for a dataset)."
+    )
+
+
 class SyntheticDataset(SpecModel):
     """A small generated dataset (deterministic from the seed), for smoke tests and demos."""
 
@@ -838,6 +856,10 @@ class TrainingJobSpec(SpecModel):
         default_factory=CheckpointConfig,
         description="The checkpoint volume and how often checkpoints are written and kept.",
         json_schema_extra={"default": {}},
+    )
+    output: OutputConfig | None = Field(
+        default=None,
+        description="Publish the trained model to object storage on completion.",
     )
     cache: Annotated[
         CacheConfig | None,

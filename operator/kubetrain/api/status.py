@@ -47,6 +47,7 @@ class ConditionType(StrEnum):
     QUEUED = "Queued"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
+    PUBLISHED = "Published"
     COMPLETED = "Completed"
     FAILED = "Failed"
 
@@ -276,6 +277,12 @@ class ModelOutput(StatusModel):
         default=None, description="What is there, e.g. peft-adapter, safetensors or onnx."
     )
     size_bytes: int | None = Field(default=None, ge=0, description="Size in bytes.")
+    uri: str | None = Field(
+        default=None, max_length=2048, description="Where it was published (spec.output)."
+    )
+    digest: str | None = Field(
+        default=None, description="sha256 over the published files' paths and contents."
+    )
 
 
 class TrainingJobStatus(StatusModel):

@@ -8,13 +8,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from kubetrain.api import API_VERSION, LIST_KIND, TrainingJob
 from kubetrain.api.catalogue import Catalogue
-from kubetrain.cli import live, views
+from kubetrain.cli import fmt, live, views
 from kubetrain.cli.term import Style
 from kubetrain.sdk import Client, KubetrainError
 from kubetrain.sdk import cost as costs
@@ -141,6 +142,26 @@ def cmd_checkpoints(ctx: Context) -> int:
         ctx.err.write(f"trainingjob {ctx.args.name!r} has no checkpoints yet.\n")
         return 0
     ctx.print(*views.checkpoints_table(job, now()))
+    return 0
+
+
+def cmd_download(ctx: Context) -> int:
+    """The trained model into DIR: from where it was published, else off the job's volume."""
+    args, style = ctx.args, ctx.style
+    dest = Path(args.dir or args.name)
+
+    def progress(done: int, total: int) -> None:
+        if style.bars:
+            share = 100.0 * done / total if total else 100.0
+            ctx.err.write(
+                f"\r{style.bar(share, views.BAR_WIDTH)} {fmt.size(done)}/{fmt.size(total)}"
+            )
+
+    where = ctx.connect().download_model(args.name, dest, progress=progress, timeout=args.timeout)
+    if style.bars:
+        ctx.err.write("\n")
+    files = sum(1 for p in where.rglob("*") if p.is_file())
+    ctx.print(f"trainingjob {args.name!r}: model downloaded to {where} ({files} files)")
     return 0
 
 

@@ -135,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--worker", type=int, default=0, help="worker index (default 0)")
     logs.add_argument("--tail", type=int, help="only the last N lines")
 
+    download = _sub(
+        subparsers, "download", commands.cmd_download, "copy a job's trained model here"
+    )
+    download.add_argument("name")
+    download.add_argument("dir", nargs="?", help="a new or empty directory (default: ./NAME)")
+    download.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for a download off the volume"
+    )
+
     checkpoints = _sub(subparsers, "checkpoints", commands.cmd_checkpoints, "a job's checkpoints")
     checkpoints.add_argument("name")
     _output(checkpoints)

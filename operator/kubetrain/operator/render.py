@@ -26,7 +26,14 @@ from kubetrain.api.children import (
     service_name,
     worker_hostname,
 )
-from kubetrain.api.fetch import CACHE_MOUNT, CHECKPOINT_CACHE, ENV_PLAN, FetchPlan, fetch_sources
+from kubetrain.api.fetch import (
+    CACHE_MOUNT,
+    CHECKPOINT_CACHE,
+    CREDENTIALS_MOUNT,
+    ENV_PLAN,
+    FetchPlan,
+    fetch_sources,
+)
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE, CHANNEL_PATH, CHANNEL_TOKEN_DIR
 from kubetrain.api.spec import ModelType, TrainingJobSpec
@@ -281,6 +288,11 @@ def _env(
         env.append({"name": "KUBETRAIN_DATASET_URI", "value": dataset.uri})
     for source, path in fetched.items():
         env.append({"name": FETCHED_ENV[source], "value": path})
+    if spec.output is not None:
+        env.append({"name": "KUBETRAIN_OUTPUT_URI", "value": spec.output.uri})
+        if spec.output.credentials is not None:
+            folder = f"{CREDENTIALS_MOUNT}/output"
+            env.append({"name": "KUBETRAIN_OUTPUT_CREDENTIALS_DIR", "value": folder})
     if fetched:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the fetch stage did the hub's part
     master = f"{worker_hostname(name, 0)}.{service_name(name)}" if workers > 1 else "localhost"
@@ -348,6 +360,13 @@ def worker_pod(
     channel_volumes, channel_mounts = _channel_volume(settings)
     volumes += channel_volumes
     mounts += channel_mounts
+    if spec.output is not None and spec.output.credentials is not None:
+        secret = spec.output.credentials.secret_name
+        volumes.append({"name": "credentials-output", "secret": {"secretName": secret}})
+        mounts.append(
+            {"name": "credentials-output", "mountPath": f"{CREDENTIALS_MOUNT}/output",
+             "readOnly": True}
+        )  # fmt: skip
     if fetched is not None and fetched.claim_name:
         volumes.append(_cache_volume(fetched.claim_name, read_only=True))
         mounts.append({"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": True})

@@ -228,8 +228,14 @@ def mirror_report(
         ]
         update["latest_checkpoint"] = ordered[-1].id
     if report.model is not None:
+        model = report.model
         update["model"] = ModelOutput(
-            claim_name=claim_name, path=report.model.path, format=report.model.format or None
+            claim_name=claim_name,
+            path=model.path,
+            format=model.format or None,
+            uri=model.uri or None,
+            size_bytes=model.size_bytes or None,
+            digest=model.digest or None,
         )
     return status.model_copy(update=update)
 

@@ -11,8 +11,10 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from kubernetes import client
 
 from kubetrain.api import (
@@ -29,7 +31,7 @@ from kubetrain.api import (
 )
 from kubetrain.api.catalogue import Catalogue
 from kubetrain.api.status import SPEC_ERRORS
-from kubetrain.sdk import build, children, cost, query
+from kubetrain.sdk import build, children, cost, download, query
 from kubetrain.sdk.connection import connect
 from kubetrain.sdk.errors import (
     ConflictError,
@@ -555,6 +557,52 @@ class Client:
         ns = self._ns(namespace)
         pod = self.worker_pod(name, worker, namespace=ns)
         return children.log_lines(self.core, ns, pod, follow=follow, tail_lines=tail_lines)
+
+    # -- the trained model --------------------------------------------------------------------
+
+    def download_model(
+        self,
+        name: str,
+        dest: str | Path,
+        *,
+        namespace: str | None = None,
+        progress: download.Progress | None = None,
+        timeout: float = 600.0,
+    ) -> Path:
+        """Put job ``name``'s trained model into the new or empty directory ``dest``: from
+        status.model.uri where it was published, else off the job's checkpoint volume (a
+        short-lived Pod); checked against the reported digest. Returns ``dest``."""
+        job = self.get(name, namespace=namespace)
+        model = job.status.model
+        if model is None or not model.path:
+            phase = job.status.phase.value if job.status.phase else "new"
+            raise NotFoundError(f"trainingjob {name!r} has no trained model yet (phase {phase})")
+        target = download.fresh(Path(dest))
+        try:
+            if model.uri:
+                download.from_uri(model.uri, target, progress)
+                download.check(target, model.digest)
+            else:
+                image = self._trainer_image()
+                download.from_volume(
+                    self.core, job, model, target, image=image, timeout=timeout, progress=progress
+                )
+        except BaseException:
+            download.discard(target)
+            raise
+        return target
+
+    def _trainer_image(self) -> str:
+        """The operator's LoRA trainer image (it has the export module), from its config."""
+        try:
+            with api_errors():
+                config_map = self.core.read_namespaced_config_map(
+                    self.config_map, self.config_namespace
+                )
+            loaded = yaml.safe_load((config_map.data or {}).get(cost.CONFIG_KEY) or "") or {}
+            return str((loaded.get("images") or {}).get("llm") or download.DEFAULT_IMAGE)
+        except (KubetrainError, ValueError, AttributeError):
+            return download.DEFAULT_IMAGE
 
     # -- cost --------------------------------------------------------------------------------
 

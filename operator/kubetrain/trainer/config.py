@@ -107,6 +107,9 @@ class RuntimeEnv:
     output_dir: Path
     dataset_path: Path | None = None
     dataset_uri: str | None = None
+    output_uri: str = ""
+    """spec.output.uri: where rank 0 uploads the model on completion."""
+    output_credentials_dir: Path | None = None
     base_model_path: Path | None = None
     """The fetch stage's copy of spec.llm.baseModel, in the cache (KUBETRAIN_BASE_MODEL_PATH)."""
     resume_from: str = ""
@@ -146,6 +149,10 @@ class RuntimeEnv:
             output_dir=Path(output),
             dataset_path=Path(dataset) if dataset else None,
             dataset_uri=environ.get("KUBETRAIN_DATASET_URI") or None,
+            output_uri=environ.get("KUBETRAIN_OUTPUT_URI", ""),
+            output_credentials_dir=Path(folder)
+            if (folder := environ.get("KUBETRAIN_OUTPUT_CREDENTIALS_DIR"))
+            else None,
             base_model_path=Path(model)
             if (model := environ.get("KUBETRAIN_BASE_MODEL_PATH"))
             else None,

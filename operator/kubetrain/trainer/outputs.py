@@ -13,10 +13,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubetrain.api.report import ReportedModel
+from kubetrain.api.report import MODEL_MANIFEST, ReportedModel
 from kubetrain.trainer.checkpoints import fsync_dir, fsync_tree, write_synced
 
-MODEL_MANIFEST = "kubetrain-model.json"
+__all__ = ["MODEL_MANIFEST", "publish", "published", "staging_dir"]
 
 
 def staging_dir(output_dir: Path) -> Path:

@@ -137,8 +137,11 @@ class TrainingSession:
     # -- end --------------------------------------------------------------------------------
 
     def finish(self, state: TrainerState, message: str, model: ReportedModel | None = None) -> None:
-        """Send the final report (retried for a while) and release the run's resources."""
+        """Send the final report (retried for a while) and release the run's resources; on
+        completion rank 0 first publishes the model to spec.output, if the job has one."""
         if self.is_main:
+            if state == "completed" and model is not None and self.env.output_uri:
+                model = self._upload(model)
             try:
                 report: ProgressReport | None = self.build_report(
                     state, message=message, model=model
@@ -154,6 +157,22 @@ class TrainingSession:
             self._log.close()
             self._log = None
         self.stop.restore()
+
+    def _upload(self, model: ReportedModel) -> ReportedModel:
+        """The model, published to spec.output.uri; a failure is reported, not raised (the
+        model stays on the volume and the job still completes)."""
+        from kubetrain.trainer.fetch.publish import upload  # noqa: PLC0415 - fsspec, if needed
+
+        self.publish("running", message=f"uploading the model to {self.env.output_uri}")
+        try:
+            done = upload(Path(model.path), self.env.output_uri, self.env.output_credentials_dir)
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}"[:1024]
+            log.error("uploading the model to %s failed: %s", self.env.output_uri, reason)
+            return model.model_copy(update={"upload_error": reason})
+        return model.model_copy(
+            update={"uri": done.uri, "size_bytes": done.size_bytes, "digest": done.digest}
+        )
 
     # -- reports ----------------------------------------------------------------------------
 

@@ -53,6 +53,9 @@ _PHASE_CONDITION = {
     Phase.COMPLETED: "Completed",
     Phase.FAILED: "Failed",
 }
+_PHASE_CONDITIONS = frozenset(_PHASE_CONDITION.values())
+"""The conditions that follow the phase (one True at a time); the others (Published,
+PodCreationFailed) say something of their own."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,11 @@ class _Planner:
         st, previous = self.st, self.st.phase
         kind = _PHASE_CONDITION.get(phase)
         for condition in list(st.conditions):
-            if condition.type != kind and condition.status is ConditionStatus.TRUE:
+            if (
+                condition.type != kind
+                and condition.type in _PHASE_CONDITIONS
+                and condition.status is ConditionStatus.TRUE
+            ):
                 st.conditions = self._condition(
                     condition.type, ConditionStatus.FALSE, reason, message
                 )
@@ -433,6 +440,26 @@ class _Planner:
             if report is not None:
                 claim = checkpoint_claim_name(self.job)
                 self.plan.status = self.st = mirror_report(self.st, report, claim)
+                if report.model is not None and self.spec.output is not None:
+                    self._published(report.model.uri, report.model.upload_error)
+
+    def _published(self, uri: str, error: str) -> None:
+        """The Published condition (and an Event when it changes) from rank 0's last word."""
+        if not uri and not error:
+            return
+        old = self.st.condition("Published")
+        status = ConditionStatus.TRUE if uri else ConditionStatus.FALSE
+        reason = "Uploaded" if uri else "UploadFailed"
+        target = self.spec.output.uri if self.spec.output else ""
+        message = (
+            f"the model is at {uri}"
+            if uri
+            else f"uploading to {target} failed: {error}; the model stays on the volume"
+        )
+        if old is not None and old.status == status and old.message == message:
+            return
+        self.st.conditions = self._condition("Published", status, reason, message)
+        self.event(reason, message, warning=not uri)
 
     def _hold(self) -> tuple[str, str] | None:
         """Why the job must not run now (suspended, over budget), or None."""

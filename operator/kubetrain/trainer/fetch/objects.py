@@ -66,7 +66,7 @@ def fetch(
 ) -> FetchedSource:
     """Put the source into its cache entry, unless the entry is there already."""
     scheme, path = _locate(source)
-    fs = _filesystem(scheme, credentials)
+    fs = filesystem(scheme, credentials)
     progress.note(source.name, f"listing {source.uri}")
     listing = _list(fs, scheme, path, source)
     entry = Entry.of(cache_dir, source.kind, source.uri, listing.revision)
@@ -109,7 +109,8 @@ def _locate(source: FetchSource) -> tuple[str, str]:
     return scheme, rest
 
 
-def _filesystem(scheme: str, credentials: Credentials) -> Any:
+def filesystem(scheme: str, credentials: Credentials) -> Any:
+    """The fsspec filesystem of ``scheme`` with a source's credentials (or the defaults)."""
     if scheme == "s3":
         import s3fs  # type: ignore[import-untyped]  # noqa: PLC0415 - only for s3:// sources
 
