@@ -4,6 +4,7 @@ trains from there, and a stop and a resume fetch nothing again."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -283,3 +284,37 @@ def test_a_failed_upload_is_a_condition_and_the_model_stays_on_the_volume(job: J
     assert done["model"]["path"] and not done["model"].get("uri")
     events = job.core.list_namespaced_event(job.ns).items
     assert any(e.reason == "UploadFailed" and e.type == "Warning" for e in events)
+
+
+def test_a_vision_job_trains_from_an_s3_image_folder_and_publishes_its_onnx_model(
+    api_client: client.ApiClient, e2e_namespace: str, e2e_operator: OperatorProcess, s3: S3Server
+) -> None:
+    from PIL import Image  # noqa: PLC0415 - the vision extra, only here
+
+    store = s3.client()
+    for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        for i in range(12):
+            picture = io.BytesIO()
+            Image.new("RGB", (32, 32), tuple(min(255, c + 3 * i) for c in colour)).save(
+                picture, format="PNG"
+            )
+            key = f"datasets/colours/{label}/{i}.png"
+            store.put_object(Bucket=BUCKET, Key=key, Body=picture.getvalue())
+    keys(client.CoreV1Api(api_client), e2e_namespace, s3)
+    manifest: dict[str, Any] = yaml.safe_load(
+        (ROOT / "examples" / "tiny-vision-cpu.yaml").read_text()
+    )
+    spec = manifest["spec"]
+    credentials = {"secretName": "s3-keys"}
+    spec["dataset"] = {"uri": f"s3://{BUCKET}/datasets/colours/", "format": "imagefolder",
+                       "credentials": credentials}  # fmt: skip
+    spec["vision"]["numClasses"] = 2
+    spec["output"] = {"uri": f"s3://{BUCKET}/results/colours/", "credentials": credentials}
+    vision = Job(api_client, e2e_namespace, "tiny-vision", e2e_operator)
+    vision.create(manifest)
+    done = vision.until(lambda s: s.get("phase") == "Completed", "Completed")
+    (dataset,) = done["initialization"]["sources"]
+    assert dataset["files"] == 24
+    assert done["model"]["uri"] == f"s3://{BUCKET}/results/colours/"
+    uploaded = store.list_objects_v2(Bucket=BUCKET, Prefix="results/colours/")["Contents"]
+    assert any(o["Key"].endswith(".onnx") for o in uploaded)
