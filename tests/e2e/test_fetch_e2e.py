@@ -24,6 +24,7 @@ from tests.e2e.test_training_e2e import ROOT, Job, _step, tiny_lora
 from tests.integration.helpers import plugin
 from tests.integration.operator_fixtures import OperatorProcess
 from tests.trainer.s3server import REGION, S3Server
+from tests.trainer.test_fetch import seed_hub
 
 BUCKET = "training-data"
 
@@ -318,3 +319,62 @@ def test_a_vision_job_trains_from_an_s3_image_folder_and_publishes_its_onnx_mode
     assert done["model"]["uri"] == f"s3://{BUCKET}/results/colours/"
     uploaded = store.list_objects_v2(Bucket=BUCKET, Prefix="results/colours/")["Contents"]
     assert any(o["Key"].endswith(".onnx") for o in uploaded)
+
+
+def test_a_hub_model_comes_from_a_seeded_shared_cache_with_the_hub_offline(
+    api_client: client.ApiClient,
+    e2e_namespace: str,
+    e2e_operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    """An air-gapped platform: the hub cache is seeded onto a shared claim, the hub is never
+    reached (HF_HUB_OFFLINE), and a job names its base model by hub id."""
+    from kubetrain.trainer.lora.model import random_model  # noqa: PLC0415 - torch, only here
+
+    saved = tmp_path / "saved"
+    model, tokenizer = random_model("llama-tiny", seed=0)
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    root = tmp_path / "hub-cache"
+    files = {
+        p.relative_to(saved).as_posix(): p.read_bytes() for p in saved.rglob("*") if p.is_file()
+    }
+    commit = seed_hub(root, "model", "kubetrain/llama-tiny", files)
+    core = client.CoreV1Api(api_client)
+    core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=f"hub-cache-{e2e_namespace}"[:63]),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"],
+                storage_class_name="manual",
+                host_path=client.V1HostPathVolumeSource(path=str(root)),
+                claim_ref=client.V1ObjectReference(namespace=e2e_namespace, name="hub-cache"),
+            ),
+        )
+    )  # fmt: skip
+    core.create_namespaced_persistent_volume_claim(
+        e2e_namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="hub-cache"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteMany"], storage_class_name="manual",
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )  # fmt: skip
+    manifest = tiny_lora("hub")
+    spec = manifest["spec"]
+    spec["llm"]["baseModel"] = "kubetrain/llama-tiny"
+    spec["cache"] = {"claimName": "hub-cache"}
+    spec["env"] = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    spec["training"]["epochs"] = 1
+    job = Job(api_client, e2e_namespace, "hub", e2e_operator)
+    job.create(manifest)
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+    (source,) = done["initialization"]["sources"]
+    assert source["name"] == "baseModel" and source["revision"] == commit
+    assert source["path"] == (
+        f"/cache/huggingface/hub/models--kubetrain--llama-tiny/snapshots/{commit}"
+    )
+    assert source.get("reused") is True, "nothing was downloaded: it was all in the cache"
+    core.delete_persistent_volume(f"hub-cache-{e2e_namespace}"[:63])
