@@ -57,6 +57,10 @@ class S3Server:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.key, self.secret = "seed", "seed"
+        # moto's backends are global to the process: a server starts from an empty state,
+        # whatever an earlier one in this process left (buckets, IAM users, auth).
+        self._moto_api("reset", b"")
+        self._moto_api("reset-auth", b"inf")
 
     def stop(self) -> None:
         self._moto_api("reset-auth", b"inf")

@@ -28,6 +28,8 @@ from kubetrain.cli import views
 from kubetrain.cli.term import Style
 from kubetrain.localcluster import find_binary
 from kubetrain.localcluster.controlplane import repo_root
+from kubetrain.localcluster.pki import report_channel_tls
+from kubetrain.localcluster.ports import free_ports
 from kubetrain.localcluster.processes import record_extra, running_extra
 
 NAMESPACE = "default"
@@ -85,6 +87,8 @@ def start_operator(workdir: Path, kubeconfig: Path) -> None:
     if running_extra(workdir, "operator"):
         return
     log = (workdir / "logs" / "operator.log").open("ab")
+    (port,) = free_ports(1)  # the report channel, on loopback as trainers on this node reach it
+    tls = report_channel_tls(workdir / "report-channel-tls")
     argv = [
         sys.executable,
         "-m",
@@ -102,6 +106,14 @@ def start_operator(workdir: Path, kubeconfig: Path) -> None:
         "3",
         "--report-interval-seconds",  # a lively screen for a job that lasts a minute
         "2",
+        "--report-channel-interval-seconds",
+        "2",
+        "--report-channel-listen",
+        f"127.0.0.1:{port}",
+        "--report-channel-url",
+        f"https://127.0.0.1:{port}",
+        "--report-channel-tls-dir",
+        str(tls),
     ]
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     record_extra(workdir, "operator", process.pid, sys.executable)
