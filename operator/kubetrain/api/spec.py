@@ -192,16 +192,21 @@ class OutputConfig(SpecModel):
 
     uri: str = Field(
         max_length=2048,
-        pattern=r"^(s3|gs)://[^/\s]+(/[^\s]*)?$",
+        pattern=r"^((s3|gs)://[^/\s]+(/[^\s]*)?|hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?)$",
         description=(
-            "s3://bucket/prefix or gs://bucket/prefix: on completion rank 0 uploads the result "
-            "(the LoRA adapter or weights, the vision model, its ONNX export and label map) "
-            "there; status.model.uri, sizeBytes and digest then say where it is. The result "
-            "stays on the checkpoint volume too, upload or not."
+            "s3://bucket/prefix, gs://bucket/prefix or hf://org/name[@branch] (a Hugging Face "
+            "Hub model repo, created private if missing): on completion rank 0 uploads the "
+            "result (the LoRA adapter or weights, the vision model, its ONNX export and label "
+            "map) there; status.model.uri (a hub URI names the commit), sizeBytes and digest "
+            "then say where it is. The result stays on the checkpoint volume too."
         ),
     )
     credentials: SourceCredentials | None = Field(
-        default=None, description="The Secret to upload with (keys as for a dataset)."
+        default=None,
+        description=(
+            "The Secret to upload with: the AWS_* keys for s3://, service-account.json for "
+            "gs://, HF_TOKEN (write access) and HF_ENDPOINT for hf://."
+        ),
     )
 
 
