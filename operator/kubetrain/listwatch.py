@@ -11,6 +11,7 @@ operator and the SDK) or the node agent's own loopback JSON client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -66,7 +67,8 @@ class ListWatch:
     """Keeps one collection flowing into ``handle``, from a daemon thread of its own.
 
     ``listed`` is called after each listing has been handed on; ``synced`` is set after the
-    first. ``fatal`` tells errors that end the loop (kept in ``error``) from those retried.
+    first. ``fatal`` tells errors that end the loop (kept in ``error``) from those retried;
+    every other error is retried, those outside ``retried`` logged with their traceback.
     """
 
     def __init__(
@@ -125,15 +127,21 @@ class ListWatch:
                             break  # a periodic relist catches whatever a watch could miss
                 except ExpiredError:
                     continue
-                except self.retried as err:
+                except Exception as err:
                     if self._stopping.is_set():  # stop() closed the stream under the read
                         return
                     if self.fatal(err):
                         self.error = err
                         return
-                    log.warning(
-                        "watch of %s failed (%s); listing again in %.1fs", self.name, err, backoff
-                    )
+                    if isinstance(err, self.retried):
+                        log.warning(
+                            "watch of %s failed (%s); listing again in %.1fs",
+                            self.name, err, backoff,
+                        )  # fmt: skip
+                    else:  # a bug, not the server: say so loudly, but never leave a dead watch
+                        log.exception(
+                            "watch of %s failed; listing again in %.1fs", self.name, backoff
+                        )
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
@@ -179,7 +187,10 @@ class ListWatch:
                 self.handle(kind, obj, False)
         finally:
             self._stream = None
-            stream.close()
+            try:
+                stream.close()  # release the connection, however the stream ended
+            except Exception as err:
+                log.debug("closing the watch of %s: %s", self.name, err)
         return version
 
 
@@ -198,7 +209,10 @@ class _ClientStream:
 
     def close(self) -> None:
         response = self._response
-        response.shutdown()  # unblocks a read in another thread (close() would wait)
+        # shutdown() unblocks a read in another thread (close() would wait); RuntimeError:
+        # the connection already went back to the pool, the stream had ended.
+        with contextlib.suppress(RuntimeError):
+            response.shutdown()
         response.release_conn()
 
 

@@ -100,3 +100,21 @@ def test_stop_ends_an_open_watch() -> None:
     eventually(lambda: source.last is not None, what="an open watch")
     loop.stop(timeout=5)
     assert loop.done.is_set() and source.last is not None and source.last.closed.is_set()
+
+
+class ClosedStream(FakeStream):
+    """A stream that ended by itself, whose close then fails (its connection went back to the
+    pool): as urllib3 answers shutdown() then."""
+
+    def close(self) -> None:
+        raise RuntimeError("Cannot shutdown as connection has already been released to the pool")
+
+
+def test_a_stream_that_ended_is_followed_by_the_next_whatever_its_close_says() -> None:
+    source = FakeSource([listing(1)], [ClosedStream([]), ClosedStream([]), KeyError("bug")])
+    loop = ListWatch(source, lambda *_: None, name="pods", retried=(WatchError,))
+    loop.start()
+    eventually(lambda: len(source.watched_from) >= 4, what="watching on after every end")
+    loop.stop()
+    assert source.watched_from[:4] == ["1", "1", "1", "1"]  # an unexpected error: list again
+    assert loop.error is None

@@ -65,10 +65,13 @@ class WatchStream:
             self._response.release_conn()
 
     def close(self) -> None:
+        """End the watch from any thread; closing one that already ended is a no-op."""
+        if self._closed.is_set():
+            return
         self._closed.set()
         try:
             self._response.shutdown()
-        except (AttributeError, OSError):
+        except (AttributeError, OSError, RuntimeError):  # RuntimeError: already released
             self._response.close()
 
 
