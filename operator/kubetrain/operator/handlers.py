@@ -18,6 +18,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.operator import metrics
 from kubetrain.operator.controller import Controller
 from kubetrain.operator.kube import Cluster
 from kubetrain.operator.leader import LeaderElector
@@ -115,6 +116,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
         memo["report_server"] = server
         log.info("report channel on https://%s (trainers use %s)", channel,
                  operator_settings.report_channel_url)  # fmt: skip
+    metrics.JOB_SERIES.cap = operator_settings.metrics_max_jobs
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port, operator_settings.metrics_address)
     log.info("kubetrain operator started with %d workers", workers)

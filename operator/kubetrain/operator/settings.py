@@ -136,6 +136,11 @@ class Settings(BaseModel):
         description="How long a silent leader keeps the Lease before a standby takes over.",
     )
     metrics_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_max_jobs: int = Field(
+        default=2000,
+        ge=0,
+        description="At most this many jobs get per-job series on the metrics port.",
+    )
     metrics_address: str = "0.0.0.0"
 
 

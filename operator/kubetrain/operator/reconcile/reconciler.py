@@ -21,6 +21,7 @@ from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
 from kubetrain.operator import metrics
 from kubetrain.operator.kube import Cluster, GoneError, StaleError
+from kubetrain.operator.metrics import JobSample
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
 from kubetrain.operator.render import (
@@ -238,6 +239,7 @@ class Reconciler:
             if controller_uid(p) == job.metadata.uid
         ]
         decided = plan(job, pods, now=now, settings=self.settings, lookups=self._lookups(job))
+        metrics.JOB_SERIES.observe(key, job_sample(job, decided.status, self.settings))
         # Actions follow a recorded status (the attempt number above all), so a status
         # that comes with actions is written at once, throttle or not.
         acts = bool(decided.create or decided.delete or decided.events)
@@ -529,6 +531,40 @@ def _taken(kind: str, name: str) -> str:
 
 _ACTIVE = (Phase.PENDING, Phase.INITIALIZING, Phase.QUEUED, Phase.RUNNING, Phase.STOPPING)
 """Phases in which a job's children must be in their desired state."""
+
+
+def job_sample(job: TrainingJob, status: TrainingJobStatus, settings: Settings) -> JobSample:
+    """The job's per-job series, from the status the reconciler just planned."""
+    values: dict[str, float] = {"restarts": status.restarts, "failures": status.failures,
+                                "attempt": status.attempt}  # fmt: skip
+    progress, figures, usage = status.progress, status.metrics, status.resource_usage
+    if progress is not None:
+        counts: tuple[tuple[str, int | None], ...] = (
+            ("epoch", progress.current_epoch), ("step", progress.current_step),
+            ("total_steps", progress.total_steps),
+        )  # fmt: skip
+        values |= {name: float(value) for name, value in counts if value is not None}
+        if progress.percentage is not None:
+            values["progress_ratio"] = progress.percentage / 100
+    if figures is not None:
+        reals: tuple[tuple[str, float | int | None], ...] = (
+            ("loss", figures.current_loss), ("best_loss", figures.best_loss),
+            ("validation_loss", figures.validation_loss),
+            ("learning_rate", figures.learning_rate), ("throughput", figures.throughput),
+            ("gpu_memory_bytes", figures.gpu_memory_bytes),
+        )  # fmt: skip
+        values |= {name: float(value) for name, value in reals if value is not None}
+    if usage is not None:
+        values["gpu_hours"], values["cost_usd"] = usage.gpu_hours or 0.0, usage.cost_usd or 0.0
+    return JobSample(
+        namespace=job.metadata.namespace or "",
+        job=job.metadata.name or "",
+        model_type=job.spec.model_type.value,
+        gpu_type=job.spec.resources.gpu_type or settings.catalogue.default_type,
+        phase=str(status.phase) if status.phase else "",
+        values=values,
+        throughput_unit=(figures.throughput_unit or "") if figures else "",
+    )
 
 
 def controller_uid(obj: JSON) -> str | None:
