@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from kubernetes import client
 from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.api.report import ANNOTATION
 from kubetrain.localcluster.nodeagent import NodeAgent
+from tests.integration.helpers import plugin
 from tests.integration.operator_fixtures import OperatorProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +95,7 @@ def job(
     return Job(api_client, e2e_namespace, "tiny", e2e_operator)
 
 
-def test_a_tiny_lora_job_trains_to_completion(job: Job) -> None:
+def test_a_tiny_lora_job_trains_to_completion(job: Job, cluster: Any) -> None:
     job.create(tiny_lora("tiny"))
     running = job.until(lambda s: _step(s) > 0, "progress mirrored from the trainer")
     assert running["phase"] == "Running"
@@ -112,6 +114,19 @@ def test_a_tiny_lora_job_trains_to_completion(job: Job) -> None:
         s["metrics"]["currentLoss"] for s in job.seen if (s.get("metrics") or {}).get("currentLoss")
     ]
     assert losses[-1] < losses[0], "the loss goes down"
+
+    # The curve, from the trainer's per-step log on the volume (a short-lived Pod reads it).
+    plotted = subprocess.run(
+        [str(plugin()), "--kubeconfig", str(cluster.kubeconfig), "-n", job.ns, "plot", "tiny",
+         "--metric", "loss", "--height", "6"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert plotted.returncode == 0, plotted.stderr
+    lines = plotted.stdout.splitlines()
+    assert (
+        lines[0].startswith("tiny: loss by step (") and int(lines[0].split("(")[1].split()[0]) > 5
+    )
+    assert sum(line.count("•") for line in lines[1:7]) > 5
 
 
 def test_suspend_and_resume_continue_from_the_checkpoint(job: Job) -> None:

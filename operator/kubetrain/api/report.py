@@ -160,6 +160,8 @@ class ReportError(ValueError):
     """A report the operator must ignore, with the reason in the message."""
 
 
+TRAIN_LOG = "train-log.jsonl"
+"""The per-step metrics (JSON lines) a trainer appends at the root of the checkpoint volume."""
 MODEL_MANIFEST = "kubetrain-model.json"
 """The file a published model directory is sealed with, written (and uploaded) last."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import yaml
 
 from kubetrain.api import API_VERSION, LIST_KIND, TrainingJob
 from kubetrain.api.catalogue import Catalogue
-from kubetrain.cli import fmt, live, views
+from kubetrain.cli import fmt, live, plot, views
 from kubetrain.cli.term import Style
 from kubetrain.sdk import Client, KubetrainError
 from kubetrain.sdk import cost as costs
@@ -162,6 +163,23 @@ def cmd_download(ctx: Context) -> int:
         ctx.err.write("\n")
     files = sum(1 for p in where.rglob("*") if p.is_file())
     ctx.print(f"trainingjob {args.name!r}: model downloaded to {where} ({files} files)")
+    return 0
+
+
+def cmd_plot(ctx: Context) -> int:
+    """Metrics against step from the trainer's per-step log on the job's volume."""
+    args, style = ctx.args, ctx.style
+    records = ctx.connect().training_log(args.name)
+    width = max(20, min(shutil.get_terminal_size((80, 24)).columns - 14, 100))
+    for metric in args.metric or ["loss", "learning_rate"]:
+        points = [
+            (float(r["step"]), float(r[metric]))
+            for r in records
+            if isinstance(r.get("step"), int | float) and isinstance(r.get(metric), int | float)
+        ]
+        title = f"{args.name}: {metric} by step ({len(points)} points)"
+        ctx.print(*plot.chart(points, width=width, height=args.height, title=title,
+                              unicode=style.unicode), "")  # fmt: skip
     return 0
 
 

@@ -7,18 +7,22 @@ plain line (``kubectl get -w`` style), so the output can be logged or parsed.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
 from kubetrain.api import Phase, TrainingJob
 from kubetrain.cli import fmt, views
+from kubetrain.cli.plot import sparkline
 from kubetrain.cli.term import Style
 from kubetrain.sdk import NotFoundError
 
 PLAIN_HEADERS = ("NAME", "PHASE", "PROGRESS", "EPOCH", "STEP", "LOSS", "ETA")
+FRAME_HEADERS = ("NAME", "PHASE", "PROGRESS", "EPOCH", "STEP", "LOSS", "TREND", "ETA")
 _NAME_MAX = 30
-_FIXED = 9 + 7 + 7 + 11 + 8 + 7 + 3 * 6  # the other columns and the gaps between them
+TREND = 12
+"""Losses in the watch's sparkline: the last this many the job reported while watched."""
+_FIXED = 9 + 7 + 7 + 11 + 8 + TREND + 7 + 3 * 7  # the other columns and the gaps between them
 _BAR_MIN, _BAR_MAX = 10, 40
 
 
@@ -48,8 +52,16 @@ def plain_line(job: TrainingJob, namespaces: bool) -> str:
     )
 
 
-def frame(jobs: Sequence[TrainingJob], style: Style, width: int, namespaces: bool) -> list[str]:
-    """The screen for a terminal: a table whose PROGRESS column is a bar fitted to ``width``."""
+def frame(
+    jobs: Sequence[TrainingJob],
+    style: Style,
+    width: int,
+    namespaces: bool,
+    trends: Mapping[str, Sequence[float]] | None = None,
+) -> list[str]:
+    """The screen for a terminal: a table whose PROGRESS column is a bar fitted to ``width``,
+    and the sparkline of the losses seen while watching (``trends``, by job label)."""
+    trends = trends or {}
     names = [label(j, namespaces)[:_NAME_MAX] for j in jobs]
     name_width = max([4, *(len(n) for n in names)])
     bar_width = min(max(width - _FIXED - name_width, _BAR_MIN), _BAR_MAX)
@@ -61,11 +73,12 @@ def frame(jobs: Sequence[TrainingJob], style: Style, width: int, namespaces: boo
             views.epoch(job),
             views.step(job),
             views.loss(job),
+            sparkline(trends.get(label(job, True), ()), unicode=style.unicode) or fmt.NONE,
             views.eta(job),
         ]
         for name, job in zip(names, jobs, strict=True)
     ]
-    return fmt.table(PLAIN_HEADERS, rows)
+    return fmt.table(FRAME_HEADERS, rows)
 
 
 class Screen:
@@ -75,11 +88,28 @@ class Screen:
         self.out, self.style, self.namespaces = out, style, namespaces
         self._height = 0
         self._printed: dict[str, str] = {}
+        self._trends: dict[str, list[float]] = {}
+        self._steps: dict[str, float] = {}
+
+    def _remember(self, jobs: Sequence[TrainingJob]) -> None:
+        """Each job's loss, once per step it reports: the watch's sparkline."""
+        for job in jobs:
+            metrics, progress = job.status.metrics, job.status.progress
+            if metrics is None or metrics.current_loss is None or progress is None:
+                continue
+            seen = self._trends.setdefault(label(job, True), [])
+            step = float(progress.current_step or 0)
+            if not seen or self._steps.get(label(job, True)) != step:
+                seen.append(metrics.current_loss)
+                del seen[:-TREND]
+                self._steps[label(job, True)] = step
 
     def show(self, jobs: Sequence[TrainingJob], footer: str) -> None:
         if self.style.bars:
             width = shutil.get_terminal_size((100, 24)).columns
-            lines = [*frame(jobs, self.style, width, self.namespaces), "", footer]
+            self._remember(jobs)
+            table = frame(jobs, self.style, width, self.namespaces, self._trends)
+            lines = [*table, "", footer]
             self._redraw([fmt.fit(line, width - 1) for line in lines])
         else:
             self._print_changes(jobs)

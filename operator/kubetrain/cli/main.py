@@ -144,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds for a download off the volume"
     )
 
+    plot = _sub(subparsers, "plot", commands.cmd_plot, "a job's loss curve (or another metric)")
+    plot.add_argument("name")
+    plot.add_argument(
+        "--metric",
+        action="append",
+        help="what to draw against step (default: loss and learning_rate); repeat for more",
+    )
+    plot.add_argument("--height", type=int, default=12, help="rows per chart")
+
     checkpoints = _sub(subparsers, "checkpoints", commands.cmd_checkpoints, "a job's checkpoints")
     checkpoints.add_argument("name")
     _output(checkpoints)

@@ -7,6 +7,7 @@ on: stop and resume toggle ``spec.suspend``, cancel deletes the job.
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 import warnings
@@ -591,6 +592,14 @@ class Client:
             download.discard(target)
             raise
         return target
+
+    def training_log(
+        self, name: str, *, namespace: str | None = None, timeout: float = 120.0
+    ) -> builtins.list[dict[str, Any]]:
+        """The per-step metrics job ``name``'s trainer wrote to its volume (loss, learning
+        rate, ... by step), read through a short-lived Pod."""
+        job = self.get(name, namespace=namespace)
+        return download.train_log(self.core, job, image=self._trainer_image(), timeout=timeout)
 
     def _trainer_image(self) -> str:
         """The operator's LoRA trainer image (it has the export module), from its config."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import secrets
 import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,14 +24,17 @@ from typing import Any
 
 from kubernetes import client
 
+from kubetrain.api.children import checkpoint_claim_name
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import tree_digest
+from kubetrain.api.report import TRAIN_LOG, tree_digest
 from kubetrain.api.status import ModelOutput
 from kubetrain.sdk.errors import KubetrainError, api_errors
 
 Progress = Callable[[int, int], None]
 """Called with (bytes so far, bytes in all)."""
 EXPORT_MOUNT = "/model-volume"
+CLAIM_ROOT = "/checkpoints"
+"""Where the trainers mount the checkpoint claim: the paths status gives are under it."""
 DEFAULT_IMAGE = "ghcr.io/kubetrain/trainer-lora:0.1.0"
 
 
@@ -73,11 +78,39 @@ def from_volume(
     progress: Progress | None = None,
 ) -> int:
     """Copy the model directory off the job's volume through a short-lived Pod."""
-    namespace, name = job.metadata.namespace or "default", job.metadata.name or ""
+    name = job.metadata.name or ""
     if not model.claim_name or not model.path:
         raise KubetrainError(f"trainingjob {name!r} reports no volume path for its model")
-    claim_root = "/checkpoints"  # where the trainers mount the claim
-    inside = model.path.removeprefix(claim_root).lstrip("/")
+    size = export(core, job, model.claim_name, model.path, dest, image=image, timeout=timeout)
+    if progress is not None:
+        progress(size, size)
+    check(dest, model.digest)
+    return size
+
+
+def train_log(core: client.CoreV1Api, job: TrainingJob, *, image: str, timeout: float) -> list[Any]:
+    """The per-step metrics the trainer writes to the job's volume (``train-log.jsonl``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export(core, job, checkpoint_claim_name(job), f"{CLAIM_ROOT}/{TRAIN_LOG}", Path(tmp),
+               image=image, timeout=timeout)  # fmt: skip
+        lines = (Path(tmp) / TRAIN_LOG).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def export(
+    core: client.CoreV1Api,
+    job: TrainingJob,
+    claim: str,
+    path: str,
+    dest: Path,
+    *,
+    image: str,
+    timeout: float,
+) -> int:
+    """Copy ``path`` (as the trainers see it, under /checkpoints) off ``claim`` into ``dest``
+    through a short-lived Pod in the job's namespace; the bytes copied."""
+    namespace, name = job.metadata.namespace or "default", job.metadata.name or ""
+    inside = path.removeprefix(CLAIM_ROOT).lstrip("/")
     pod_name = f"{name[:40]}-download-{secrets.token_hex(3)}"
     pod: dict[str, Any] = {
         "apiVersion": "v1",
@@ -103,7 +136,7 @@ def from_volume(
                                     "capabilities": {"drop": ["ALL"]}},
             }],
             "volumes": [{"name": "model", "persistentVolumeClaim": {
-                "claimName": model.claim_name, "readOnly": True}}],
+                "claimName": claim, "readOnly": True}}],
         },
     }  # fmt: skip
     with api_errors():
@@ -115,7 +148,7 @@ def from_volume(
     finally:
         with api_errors():
             core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
-    return _unpack(str(log), dest, progress)
+    return _unpack(str(log), dest)
 
 
 def _wait_done(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> None:
@@ -137,7 +170,7 @@ def _wait_done(core: client.CoreV1Api, namespace: str, name: str, timeout: float
         delay = min(delay * 1.5, 2.0)
 
 
-def _unpack(log: str, dest: Path, progress: Progress | None) -> int:
+def _unpack(log: str, dest: Path) -> int:
     lines = log.splitlines()
     try:
         begin = lines.index("BEGIN")
@@ -148,9 +181,7 @@ def _unpack(log: str, dest: Path, progress: Progress | None) -> int:
     _, digest, size = lines[end].split()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
-    if progress is not None:
-        progress(int(size), int(size))
-    check(dest, digest)
+    check(dest, None if digest == "-" else digest)
     return int(size)
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from kubetrain.api import TrainingJobSpec
-from kubetrain.api.report import MAX_CHECKPOINTS, ProgressReport, ReportedModel, TrainerState
+from kubetrain.api.report import (
+    MAX_CHECKPOINTS,
+    TRAIN_LOG,
+    ProgressReport,
+    ReportedModel,
+    TrainerState,
+)
 from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.reporter import Channel, ChannelSink, NullSink, Reporter, Sink, sink_from_env
@@ -24,7 +30,7 @@ from kubetrain.trainer.signals import StopFlag
 
 log = logging.getLogger(__name__)
 
-METRICS_LOG = "train-log.jsonl"
+METRICS_LOG = TRAIN_LOG
 FINAL_REPORT_TIMEOUT = 15.0
 
 

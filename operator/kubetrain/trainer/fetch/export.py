@@ -1,4 +1,4 @@
-"""``python -m kubetrain.trainer.fetch.export DIR``: a model directory as text on stdout.
+"""``python -m kubetrain.trainer.fetch.export PATH``: a directory (or one file) as text on stdout.
 
 The download Pod that ``kubectl train download`` starts on the job's volume runs this: the
 directory as a gzipped tar, base64 in lines between ``BEGIN`` and ``END <digest> <bytes>``,
@@ -19,11 +19,16 @@ LINE = 76 * 3 // 4  # bytes per line: 76 base64 characters
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print(f"usage: python -m kubetrain.trainer.fetch.export DIR (got {argv})", file=sys.stderr)
+    if len(argv) != 1 or not Path(argv[0]).exists():
+        print(f"usage: python -m kubetrain.trainer.fetch.export PATH (got {argv})", file=sys.stderr)
         return 2
-    directory = Path(argv[0])
-    digest, size, files = tree_digest(directory)
+    path = Path(argv[0])
+    if path.is_dir():
+        directory = path
+        digest, size, files = tree_digest(directory)
+    else:
+        directory, files = path.parent, [path]
+        digest, size = "-", path.stat().st_size
     packed = io.BytesIO()
     with tarfile.open(fileobj=packed, mode="w:gz") as tar:
         for path in files:
