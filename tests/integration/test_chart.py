@@ -159,6 +159,9 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     )
     service = tools.get("service", "kubetrain-reports", "-n", NS)
     assert service["spec"]["selector"]["kubetrain.io/report-channel"] == "serving"
+    dashboard = tools.get("configmap", "kubetrain-dashboard", "-n", NS)
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["kubetrain.json"])["uid"] == "kubetrain-jobs"
     tls = tools.get("secret", "kubetrain-report-tls", "-n", NS)["data"]
     assert set(tls) == {"ca.crt", "tls.crt", "tls.key"}
 

@@ -99,6 +99,7 @@ _GAUGES = {
     "restarts": "Worker groups restarted after a lost worker.",
     "failures": "Trainer failures.",
     "attempt": "Current attempt of the worker group.",
+    "gpus": "GPUs the job's workers hold while it runs.",
 }
 
 
