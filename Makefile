@@ -23,10 +23,8 @@ lock: ## regenerate the locks from hack/versions.env and pyproject.toml: hack/to
 	@bash hack/lock-tools.sh
 	@bash hack/lock-python.sh
 
-system: ## Debian packages the tests use (tmux renders `kubectl train watch` in a real terminal)
-	@command -v tmux >/dev/null || { echo "[setup] installing tmux"; \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq tmux >/dev/null; }
+system: ## Debian packages the tests use: tmux (a real terminal), Prometheus (scrapes the operator)
+	@bash hack/install-system.sh
 
 venv: $(VENV)/.installed ## .venv with exactly hack/requirements.lock (all extras), the package editable
 

@@ -12,6 +12,7 @@ from kubernetes import client
 
 from kubetrain.localcluster import ControlPlane
 from kubetrain.localcluster.nodeagent import NodeAgent
+from kubetrain.localcluster.ports import free_ports
 from tests.conftest import _fresh_namespace
 from tests.integration.operator_fixtures import OperatorProcess, operator_identity
 
@@ -19,13 +20,18 @@ from tests.integration.operator_fixtures import OperatorProcess, operator_identi
 class E2EOperator(OperatorProcess):
     """The operator with its built-in GPU catalogue, serving only e2e-* namespaces."""
 
+    metrics_port = free_ports(1)[0]
+    """Where Prometheus scrapes it (on loopback)."""
+
     def start(self) -> None:
         # A worker on a node that stopped reporting is lost 5 s after the node is NotReady.
         os.environ["KUBETRAIN_LOST_NODE_GRACE_SECONDS"] = "5"
+        os.environ["KUBETRAIN_METRICS_ADDRESS"] = "127.0.0.1"
         try:
             super().start()
         finally:
             del os.environ["KUBETRAIN_LOST_NODE_GRACE_SECONDS"]
+            del os.environ["KUBETRAIN_METRICS_ADDRESS"]
 
     def argv(self) -> list[str]:
         argv = super().argv()
@@ -33,6 +39,8 @@ class E2EOperator(OperatorProcess):
         del argv[at : at + 2]
         at = argv.index("--namespace")
         argv[at + 1] = "e2e-*"
+        at = argv.index("--metrics-port")
+        argv[at + 1] = str(self.metrics_port)
         return argv
 
 

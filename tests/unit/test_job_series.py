@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubetrain.api import TrainingJob
 from kubetrain.api.status import TrainingJobStatus
@@ -37,6 +38,7 @@ RUNNING = TrainingJobStatus.model_validate(
         "metrics": {"currentLoss": 1.5, "bestLoss": 1.25, "learningRate": 2e-4,
                     "throughput": 1500.0, "throughputUnit": "tokens/s"},
         "resourceUsage": {"gpuHours": 0.5, "costUSD": 1.5},
+        "resourceAllocation": {"gpuType": "a100", "workers": 2, "gpusPerWorker": 4},
     }
 )  # fmt: skip
 
@@ -47,24 +49,34 @@ def scrape(series: JobSeries) -> str:
     return generate_latest(registry).decode()
 
 
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def test_a_running_job_exports_its_curves_labelled_by_job_model_and_gpu() -> None:
     series = JobSeries()
     series.observe(("nlp", "llama"), job_sample(job("llama"), RUNNING, Settings()))
-    text = scrape(series)
-    labels = 'gpu_type="a100",job="llama",model_type="llm",namespace="nlp"'
-    for line in (
-        f"kubetrain_job_progress_ratio{{{labels}}} 0.25",
-        f"kubetrain_job_loss{{{labels}}} 1.5",
-        f"kubetrain_job_best_loss{{{labels}}} 1.25",
-        f"kubetrain_job_learning_rate{{{labels}}} 0.0002",
-        f"kubetrain_job_step{{{labels}}} 40.0",
-        f"kubetrain_job_cost_usd{{{labels}}} 1.5",
-        f"kubetrain_job_restarts{{{labels}}} 1.0",
-        f'kubetrain_job_throughput{{{labels},unit="tokens/s"}} 1500.0',
-        f'kubetrain_job_phase{{{labels},phase="Running"}} 1.0',
+    found = samples(scrape(series))
+    labels = {"namespace": "nlp", "trainingjob": "llama", "model_type": "llm", "gpu_type": "a100"}
+    for name, extra, value in (
+        ("kubetrain_job_progress_ratio", {}, 0.25),
+        ("kubetrain_job_loss", {}, 1.5),
+        ("kubetrain_job_best_loss", {}, 1.25),
+        ("kubetrain_job_learning_rate", {}, 2e-4),
+        ("kubetrain_job_step", {}, 40.0),
+        ("kubetrain_job_cost_usd", {}, 1.5),
+        ("kubetrain_job_restarts", {}, 1.0),
+        ("kubetrain_job_gpus", {}, 8.0),
+        ("kubetrain_job_throughput", {"unit": "tokens/s"}, 1500.0),
+        ("kubetrain_job_phase", {"phase": "Running"}, 1.0),
     ):
-        assert line in text, f"{line} missing from\n{text}"
-    assert "kubetrain_job_validation_loss{" not in text  # nothing reported: no series
+        key = (name, frozenset((labels | extra).items()))
+        assert found.get(key) == value, f"{name}{labels | extra} is {found.get(key)}"
+    assert not [k for k in found if k[0] == "kubetrain_job_validation_loss"]  # never reported
 
 
 def test_a_deleted_jobs_series_go_and_the_cap_bounds_the_rest() -> None:
@@ -77,4 +89,4 @@ def test_a_deleted_jobs_series_go_and_the_cap_bounds_the_rest() -> None:
     series.forget(("nlp", "job-0"))
     series.forget(("nlp", "job-1100"))
     text = scrape(series)
-    assert 'job="job-0"' not in text and "kubetrain_jobs_not_exported 199.0" in text
+    assert 'trainingjob="job-0"' not in text and "kubetrain_jobs_not_exported 199.0" in text

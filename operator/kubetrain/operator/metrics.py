@@ -66,7 +66,8 @@ def forget_job(key: tuple[str, str]) -> None:
 
 # -- per-job series ---------------------------------------------------------------------------
 
-JOB_LABELS = ("namespace", "job", "model_type", "gpu_type")
+JOB_LABELS = ("namespace", "trainingjob", "model_type", "gpu_type")
+"""``trainingjob``, not ``job``: Prometheus keeps ``job`` for the scrape job."""
 
 
 @dataclass(frozen=True)
