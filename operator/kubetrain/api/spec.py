@@ -495,11 +495,30 @@ DEFAULT_LEARNING_RATE = {
 """The learning rate a trainer uses when spec.training.learningRate is unset."""
 
 
+class Tracker(StrEnum):
+    """An experiment tracker a trainer can report to."""
+
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
+
+
 class TrainingParams(SpecModel):
     """The optimisation loop: epochs, batch size, learning-rate schedule, regularisation."""
 
     epochs: int = Field(
         default=3, ge=1, le=10_000, description="Passes over the training data (>= 1)."
+    )
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        max_length=2,
+        description=(
+            "Experiment trackers the trainer also reports every step's metrics to: "
+            "tensorboard (event files in tensorboard/ on the checkpoint volume) and mlflow "
+            "(one run per job at MLFLOW_TRACKING_URI, set with spec.env; "
+            "MLFLOW_EXPERIMENT_NAME or the namespace names the experiment). A resumed attempt "
+            "continues the same run. Empty: none."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     batch_size: int = Field(
         default=8,

@@ -13,7 +13,7 @@ import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kubetrain.api import TrainingJobSpec
 from kubetrain.api.report import (
@@ -27,6 +27,9 @@ from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.reporter import Channel, ChannelSink, NullSink, Reporter, Sink, sink_from_env
 from kubetrain.trainer.signals import StopFlag
+
+if TYPE_CHECKING:
+    from kubetrain.trainer.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class TrainingSession:
         self.gpu_memory_bytes: int | None = None
         self.metrics: dict[str, float] = {}
         self._log: IO[str] | None = None
+        self.trackers: Trackers | None = None
 
     # -- start ------------------------------------------------------------------------------
 
@@ -89,6 +93,15 @@ class TrainingSession:
         if self.is_main:
             self.store.clear_staging()
             self._log = (self.env.checkpoint_dir / METRICS_LOG).open("a", buffering=1)
+            if self.spec.training.report_to:
+                from kubetrain.trainer.trackers import Trackers  # noqa: PLC0415 - if asked
+
+                self.trackers = Trackers(
+                    [str(t) for t in self.spec.training.report_to],
+                    self.env.checkpoint_dir,
+                    self.env.job_name,
+                    self.env.pod_namespace or "",
+                )
         self.checkpoints = self.store.complete()
         resume = self.store.resolve(self.env.resume_from)
         if resume is not None:
@@ -113,6 +126,8 @@ class TrainingSession:
         """Append one line of metrics (per step or evaluation) to the run's log on the volume."""
         if self._log is not None:
             self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     def commit_checkpoint(
         self, staged: Path, *, step: int, epoch: float, loss: float | None
@@ -162,6 +177,9 @@ class TrainingSession:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
         self.stop.restore()
 
     def _upload(self, model: ReportedModel) -> ReportedModel:
