@@ -16,6 +16,8 @@ from kubetrain.api.report import ANNOTATION
 from kubetrain.localcluster.nodeagent import NodeAgent
 from tests.integration.helpers import plugin
 from tests.integration.operator_fixtures import OperatorProcess, wait_for
+from tests.integration.test_cli import Tmux
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240.0
@@ -95,7 +97,7 @@ def job(
     return Job(api_client, e2e_namespace, "tiny", e2e_operator)
 
 
-def test_a_tiny_lora_job_trains_to_completion(job: Job, cluster: Any) -> None:
+def test_a_tiny_lora_job_trains_to_completion(job: Job, cluster: Any, tmp_path: Path) -> None:
     job.create(tiny_lora("tiny"))
     running = job.until(lambda s: _step(s) > 0, "progress mirrored from the trainer")
     assert running["phase"] == "Running"
@@ -127,6 +129,18 @@ def test_a_tiny_lora_job_trains_to_completion(job: Job, cluster: Any) -> None:
         lines[0].startswith("tiny: loss by step (") and int(lines[0].split("(")[1].split()[0]) > 5
     )
     assert sum(line.count("•") for line in lines[1:7]) > 5
+
+    # And in a real terminal (a tmux pane): the same curve, drawn on the screen.
+    tmux = Tmux(tmp_path)
+    tmux.start([str(plugin()), "--kubeconfig", str(cluster.kubeconfig), "-n", job.ns, "plot",
+                "tiny", "--metric", "loss", "--height", "6"])  # fmt: skip
+    try:
+        assert eventually(lambda: tmux.exit_status() is not None, what="plot to finish") is not None
+        screen = tmux.screen()
+        assert "tiny: loss by step" in screen and screen.count("•") > 5, screen
+        assert tmux.exit_status() == 0
+    finally:
+        tmux.stop()
 
 
 def test_suspend_and_resume_continue_from_the_checkpoint(job: Job) -> None:
