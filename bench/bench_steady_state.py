@@ -41,7 +41,7 @@ from benchlib import job, operator_metrics  # noqa: E402
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE  # noqa: E402
 from kubetrain.localcluster import ControlPlane, find_binary  # noqa: E402
-from kubetrain.localcluster.pki import report_channel_tls  # noqa: E402
+from kubetrain.localcluster.pki import report_channel_flags  # noqa: E402
 from kubetrain.localcluster.ports import free_ports  # noqa: E402
 from kubetrain.operator.settings import Settings  # noqa: E402
 
@@ -155,10 +155,8 @@ def main() -> int:
                     **other, "metadata": {**other["metadata"], "name": f"web-{i:05d}"}}),
                     range(args.unrelated)))  # fmt: skip
         port, channel_port = free_ports(2)
-        tls = report_channel_tls(Path(tmp) / "channel-tls")
-        url = f"https://127.0.0.1:{channel_port}"
-        channel = ["--report-channel-listen", f"127.0.0.1:{channel_port}",
-                   "--report-channel-url", url, "--report-channel-tls-dir", str(tls)]  # fmt: skip
+        tls, url = Path(tmp) / "channel-tls", f"https://127.0.0.1:{channel_port}"
+        channel = report_channel_flags(tls, channel_port)
         log = Path(tmp) / "operator.log"
         operator = subprocess.Popen(
             [sys.executable, "-m", "kubetrain", "--kubeconfig", str(plane.kubeconfig),

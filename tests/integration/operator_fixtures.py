@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain.localcluster import ControlPlane, find_binary
-from kubetrain.localcluster.pki import report_channel_tls
+from kubetrain.localcluster.pki import report_channel_flags
 from kubetrain.localcluster.ports import free_ports
 from tests.polling import eventually
 
@@ -200,21 +200,12 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
         # The report channel on loopback, as trainers on the local node reach it.
         self.channel_port = free_ports(1)[0] if channel else None
-        self.channel_tls = (
-            report_channel_tls(log.parent / f"{log.stem}-channel-tls") if channel else None
-        )
 
     def channel_argv(self) -> list[str]:
-        if self.channel_port is None or self.channel_tls is None:
+        if self.channel_port is None:
             return []
-        return [
-            "--report-channel-listen",
-            f"127.0.0.1:{self.channel_port}",
-            "--report-channel-url",
-            f"https://127.0.0.1:{self.channel_port}",
-            "--report-channel-tls-dir",
-            str(self.channel_tls),
-        ]
+        tls = self.log.parent / f"{self.log.stem}-channel-tls"
+        return report_channel_flags(tls, self.channel_port)
 
     def argv(self) -> list[str]:
         return [

@@ -28,7 +28,7 @@ from kubetrain.cli import views
 from kubetrain.cli.term import Style
 from kubetrain.localcluster import find_binary
 from kubetrain.localcluster.controlplane import repo_root
-from kubetrain.localcluster.pki import report_channel_tls
+from kubetrain.localcluster.pki import report_channel_flags
 from kubetrain.localcluster.ports import free_ports
 from kubetrain.localcluster.processes import record_extra, running_extra
 
@@ -88,7 +88,6 @@ def start_operator(workdir: Path, kubeconfig: Path) -> None:
         return
     log = (workdir / "logs" / "operator.log").open("ab")
     (port,) = free_ports(1)  # the report channel, on loopback as trainers on this node reach it
-    tls = report_channel_tls(workdir / "report-channel-tls")
     argv = [
         sys.executable,
         "-m",
@@ -108,12 +107,7 @@ def start_operator(workdir: Path, kubeconfig: Path) -> None:
         "2",
         "--report-channel-interval-seconds",
         "2",
-        "--report-channel-listen",
-        f"127.0.0.1:{port}",
-        "--report-channel-url",
-        f"https://127.0.0.1:{port}",
-        "--report-channel-tls-dir",
-        str(tls),
+        *report_channel_flags(workdir / "report-channel-tls", port),
     ]
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     record_extra(workdir, "operator", process.pid, sys.executable)

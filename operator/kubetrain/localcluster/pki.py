@@ -142,3 +142,13 @@ def report_channel_tls(directory: Path, host: str = "127.0.0.1") -> Path:
     issue(ca, "kubetrain-report-channel", ip_addresses=(host,), server=True).write(directory, "tls")
     (directory / "ca.crt").write_bytes(ca.cert_pem)
     return directory
+
+
+def report_channel_flags(directory: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The operator's flags for a report channel on ``host:port``, its TLS in ``directory``."""
+    tls = report_channel_tls(directory, host)
+    return [
+        "--report-channel-listen", f"{host}:{port}",
+        "--report-channel-url", f"https://{host}:{port}",
+        "--report-channel-tls-dir", str(tls),
+    ]  # fmt: skip
