@@ -85,7 +85,9 @@ def test_prometheus_sees_the_loss_curve_and_every_dashboard_panel_has_data(
     prometheus: Prometheus,
 ) -> None:
     job = Job(api_client, e2e_namespace, "curves", e2e_operator)
-    job.create(tiny_lora("curves"))
+    manifest = tiny_lora("curves")
+    manifest["spec"]["training"]["epochs"] = 1  # a curve, quickly
+    job.create(manifest)
     done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
     started = done["startTime"]
     selector = f'namespace="{e2e_namespace}",trainingjob="curves"'
@@ -113,3 +115,9 @@ def test_prometheus_sees_the_loss_curve_and_every_dashboard_panel_has_data(
                 empty.append(panel["title"])
     # No GPU here (no GPU memory), the tiny job has no evaluation split, and nothing failed.
     assert set(empty) <= {"GPU memory (rank 0)", "Validation loss", "Errors per second"}, empty
+    # The checkpoint annotations: a valid query, whose series the job has.
+    for annotation in dashboard["annotations"]["list"]:
+        prometheus.query(
+            annotation["expr"].replace("$namespace", e2e_namespace).replace("$job", ".*")
+        )
+    assert prometheus.query(f"kubetrain_job_latest_checkpoint_step{{{selector}}}")

@@ -37,9 +37,10 @@ def test_every_panel_queries_series_the_operator_exports() -> None:
     assert dashboard["schemaVersion"] >= 36 and dashboard["uid"] == "kubetrain-jobs"
     names = exported()
     queried = set()
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            queried |= set(re.findall(r"\bkubetrain_[a-z_]+\b", target["expr"]))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in dashboard["annotations"]["list"]]  # checkpoints, as annotations
+    for expr in exprs:
+        queried |= set(re.findall(r"\bkubetrain_[a-z_]+\b", expr))
     assert queried, "the dashboard queries something"
     assert queried <= names, f"not exported: {sorted(queried - names)}"
     variables = {v["name"] for v in dashboard["templating"]["list"]}

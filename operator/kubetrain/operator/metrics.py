@@ -101,6 +101,7 @@ _GAUGES = {
     "failures": "Trainer failures.",
     "attempt": "Current attempt of the worker group.",
     "gpus": "GPUs the job's workers hold while it runs.",
+    "latest_checkpoint_step": "Step of the job's latest checkpoint (a change marks a new one).",
 }
 
 

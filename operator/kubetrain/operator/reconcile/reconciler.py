@@ -556,6 +556,9 @@ def job_sample(job: TrainingJob, status: TrainingJobStatus, settings: Settings) 
         values |= {name: float(value) for name, value in reals if value is not None}
     if usage is not None:
         values["gpu_hours"], values["cost_usd"] = usage.gpu_hours or 0.0, usage.cost_usd or 0.0
+    latest = next((c for c in status.checkpoints if c.id == status.latest_checkpoint), None)
+    if latest is not None and latest.step is not None:
+        values["latest_checkpoint_step"] = float(latest.step)
     held = status.resource_allocation
     running = status.phase in (Phase.RUNNING, Phase.STOPPING)
     gpus = (held.workers or 0) * (held.gpus_per_worker or 0) if held and running else 0
