@@ -81,10 +81,12 @@ def from_volume(
     name = job.metadata.name or ""
     if not model.claim_name or not model.path:
         raise KubetrainError(f"trainingjob {name!r} reports no volume path for its model")
-    size = export(core, job, model.claim_name, model.path, dest, image=image, timeout=timeout)
+    size = export(
+        core, job, model.claim_name, model.path, dest,
+        image=image, timeout=timeout, expected=model.digest,
+    )  # fmt: skip
     if progress is not None:
         progress(size, size)
-    check(dest, model.digest)
     return size
 
 
@@ -106,9 +108,11 @@ def export(
     *,
     image: str,
     timeout: float,
+    expected: str | None = None,
 ) -> int:
     """Copy ``path`` (as the trainers see it, under /checkpoints) off ``claim`` into ``dest``
-    through a short-lived Pod in the job's namespace; the bytes copied."""
+    through a short-lived Pod in the job's namespace; the bytes copied. The files are checked
+    once: against ``expected`` (the digest the trainer reported), else the Pod's own."""
     namespace, name = job.metadata.namespace or "default", job.metadata.name or ""
     inside = path.removeprefix(CLAIM_ROOT).lstrip("/")
     pod_name = f"{name[:40]}-download-{secrets.token_hex(3)}"
@@ -148,7 +152,7 @@ def export(
     finally:
         with api_errors():
             core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
-    return _unpack(str(log), dest)
+    return _unpack(str(log), dest, expected)
 
 
 def _wait_done(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> None:
@@ -170,7 +174,7 @@ def _wait_done(core: client.CoreV1Api, namespace: str, name: str, timeout: float
         delay = min(delay * 1.5, 2.0)
 
 
-def _unpack(log: str, dest: Path) -> int:
+def _unpack(log: str, dest: Path, expected: str | None) -> int:
     lines = log.splitlines()
     try:
         begin = lines.index("BEGIN")
@@ -181,7 +185,7 @@ def _unpack(log: str, dest: Path) -> int:
     _, digest, size = lines[end].split()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
-    check(dest, None if digest == "-" else digest)
+    check(dest, expected or (None if digest == "-" else digest))
     return int(size)
 
 
