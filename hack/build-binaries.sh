@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, helm) into bin/ from the locked module graphs in hack/tools/<tool>/
+# kube-scheduler, kubectl, helm, kueue) into bin/ from the locked module graphs in hack/tools/<tool>/
 # (go.mod + go.sum, written by `make lock`). The build runs with -mod=readonly and
 # GOTOOLCHAIN=local: nothing is resolved at build time, and a lock that does not cover the
 # build fails it instead of being quietly completed.
@@ -59,9 +59,13 @@ build() {
       [ -x "$out/${gonames[$i]}" ] || { log "ERROR: $tool: ${pkgs[$i]} was not built"; rm -rf "$out"; exit 1; }
       [ "${gonames[$i]}" = "${names[$i]}" ] || mv "$out/${gonames[$i]}" "$out/${names[$i]}"
     done
+    if declare -F "extra_$tool" >/dev/null; then "extra_$tool" "$out"; fi
     touch "$out/.complete"
     rm -rf "$entry" && mv "$out" "$entry"
     log "$tool: built in $((SECONDS - started))s"
+  fi
+  if [ -d "$entry/$tool-manifests" ]; then
+    rm -rf "$bin/$tool-manifests" && cp -r "$entry/$tool-manifests" "$bin/$tool-manifests"
   fi
   for n in "${names[@]}"; do
     cp -f "$entry/$n" "$bin/$n.tmp" && mv -f "$bin/$n.tmp" "$bin/$n"
@@ -90,4 +94,16 @@ helm_major="${HELM_VERSION%%.*}"
 build helm "-s -w -X helm.sh/helm/$helm_major/internal/version.version=$HELM_VERSION" \
   "helm=helm.sh/helm/$helm_major/cmd/helm"
 
-log "bin/ holds kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION ($((SECONDS - started))s)"
+# extra_kueue DIR: Kueue's CRDs and webhook manifests from the module version the binary was
+# built from (the local cluster installs them; kubetrain.localcluster.kueue).
+extra_kueue() {
+  local src
+  src="$(cd "$root/hack/tools/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  mkdir -p "$1/kueue-manifests/crd"
+  cp "$src"/config/components/crd/bases/*.yaml "$1/kueue-manifests/crd/"
+  cp "$src/config/components/webhook/manifests.yaml" "$1/kueue-manifests/webhooks.yaml"
+  chmod -R u+w "$1/kueue-manifests"
+}
+build kueue "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" kueue=sigs.k8s.io/kueue/cmd/kueue
+
+log "bin/ holds kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kueue $KUEUE_VERSION ($((SECONDS - started))s)"

@@ -3,7 +3,7 @@
 # versions in hack/versions.env: `make lock`. The build (hack/build-binaries.sh) then uses
 # them with -mod=readonly, so nothing is resolved at build time.
 #
-#   hack/lock-tools.sh [kubernetes|etcd|helm ...]   (default: all)
+#   hack/lock-tools.sh [kubernetes|etcd|helm|kueue ...]   (default: all)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -68,10 +68,13 @@ lock_kubernetes() {
 lock_etcd() {
   lock etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" go.etcd.io/etcd/server/v3
 }
+lock_kueue() {
+  lock kueue sigs.k8s.io/kueue "$KUEUE_VERSION" "" sigs.k8s.io/kueue/cmd/kueue
+}
 lock_helm() {
   lock helm "helm.sh/helm/${HELM_VERSION%%.*}" "$HELM_VERSION" "" "helm.sh/helm/${HELM_VERSION%%.*}/cmd/helm"
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd helm)
+[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd helm kueue)
 for t in "${tools[@]}"; do "lock_$t"; done
