@@ -218,8 +218,8 @@ class OperatorProcess:
             str(self.config),
             "--standalone",
             "--namespace",
-            # nop-*: tests that write status themselves; e2e-*: served by the e2e operator
-            "!nop-*,!e2e-*",
+            # nop-*: tests that write status themselves; e2e-*, kueue-*: served by the e2e operators
+            "!nop-*,!e2e-*,!kueue-*",
             "--metrics-port",
             "0",
             "--liveness",

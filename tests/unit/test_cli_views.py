@@ -89,7 +89,26 @@ def test_list_rows_are_whitespace_separated_tokens() -> None:
 def test_wide_lists_and_namespaces() -> None:
     header, row = views.list_table([job()], NOW, PLAIN, wide=True, namespaces=True)
     assert header.split()[:2] == ["NAMESPACE", "NAME"] and header.split()[-1] == "CHECKPOINT"
-    assert row.split()[-5:] == ["llm", "a100:2x2", "normal", "$1.00", "step-40"]
+    assert row.split()[-6:] == ["llm", "a100:2x2", "normal", "-", "$1.00", "step-40"]
+
+
+def test_a_job_waiting_for_kueue_shows_its_queue_place_and_kueues_reason() -> None:
+    said = "insufficient unused quota for nvidia.com/gpu in flavor a100, 4 more needed"
+    queued = job(
+        phase="Queued",
+        queue={"name": "gpus", "clusterQueue": "team-a", "position": 2, "message": said,
+               "workload": "trainingjob-llama", "preemptions": 1},
+    )  # fmt: skip
+    _, row = views.list_table([queued], NOW, PLAIN)
+    assert "queued gpus #2" in row
+    _, wide = views.list_table([queued], NOW, PLAIN, wide=True)
+    assert "gpus #2" in wide
+    text = "\n".join(views.describe(queued, [], NOW, PLAIN))
+    assert "Queue:          LocalQueue gpus (ClusterQueue team-a), waiting, position 2" in text
+    assert "preempted 1 time(s)" in text and said in text
+    admitted = job(queue={"name": "gpus", "admitted": True, "flavors": {"nvidia.com/gpu": "a100"}})
+    text = "\n".join(views.describe(admitted, [], NOW, PLAIN))
+    assert "LocalQueue gpus, admitted (nvidia.com/gpu: a100)" in text
 
 
 def test_finished_jobs_have_no_eta() -> None:

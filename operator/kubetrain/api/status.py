@@ -285,6 +285,41 @@ class ModelOutput(StatusModel):
     )
 
 
+class QueueStatus(StatusModel):
+    """Admission through Kueue (a job with the kueue.x-k8s.io/queue-name label)."""
+
+    name: str = Field(max_length=253, description="The LocalQueue, in the job's namespace.")
+    cluster_queue: str | None = Field(
+        default=None, max_length=253, description="The ClusterQueue whose quota the job uses."
+    )
+    workload: str | None = Field(
+        default=None, max_length=253, description="The job's Workload (kueue.x-k8s.io)."
+    )
+    admitted: bool = Field(
+        default=False, description="Whether Kueue admitted every worker (all or nothing)."
+    )
+    flavors: dict[str, str] | None = Field(
+        default=None, description="The ResourceFlavor of each resource, once admitted."
+    )
+    position: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Place in the LocalQueue while waiting (0 is next), from Kueue's visibility API."
+        ),
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=32768,
+        description="Kueue's word on the admission, e.g. which quota is short.",
+    )
+    preemptions: int = Field(
+        default=0,
+        ge=0,
+        description="Times Kueue evicted the job so far (each resumed from a checkpoint).",
+    )
+
+
 class TrainingJobStatus(StatusModel):
     """Observed state of a TrainingJob."""
 
@@ -359,6 +394,9 @@ class TrainingJobStatus(StatusModel):
     initialization: Initialization | None = Field(
         default=None,
         description="Remote datasets and models fetched into the cache before training.",
+    )
+    queue: QueueStatus | None = Field(
+        default=None, description="Admission through Kueue, when the job is queued there."
     )
 
     def condition(self, type_: str) -> Condition | None:

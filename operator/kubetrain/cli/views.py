@@ -16,7 +16,7 @@ from kubetrain.sdk import STOP_REASON_ANNOTATION, CostEstimate, JobEvent
 from kubetrain.sdk.query import created_at
 
 LIST_HEADERS = ("NAME", "PHASE", "PROGRESS", "EPOCH", "LOSS", "ETA", "COST", "AGE")
-WIDE_HEADERS = ("TYPE", "GPUS", "PRIORITY", "EST-TOTAL", "CHECKPOINT")
+WIDE_HEADERS = ("TYPE", "GPUS", "PRIORITY", "QUEUE", "EST-TOTAL", "CHECKPOINT")
 BAR_WIDTH = 20
 
 
@@ -64,9 +64,27 @@ def loss(job: TrainingJob) -> str:
     return fmt.number(metrics.current_loss) if metrics else fmt.NONE
 
 
+def waiting_in_queue(job: TrainingJob) -> bool:
+    """Whether the job waits for Kueue to admit it."""
+    queue = job.status.queue
+    return job.status.phase is Phase.QUEUED and queue is not None and not queue.admitted
+
+
+def queue_text(job: TrainingJob) -> str:
+    """``gpus #2`` while waiting in LocalQueue gpus (third in line), ``gpus`` once admitted."""
+    queue = job.status.queue
+    if queue is None:
+        return fmt.NONE
+    if waiting_in_queue(job) and queue.position is not None:
+        return f"{queue.name} #{queue.position}"
+    return queue.name
+
+
 def eta(job: TrainingJob) -> str:
     """Training time left, while the job is active (finished jobs have none); while
-    fetching, the fetch's."""
+    fetching, the fetch's; while waiting for Kueue, the place in its queue."""
+    if waiting_in_queue(job):
+        return f"queued {queue_text(job)}"
     if fetching(job):
         init = job.status.initialization
         return fmt.duration(init.remaining_seconds if init else None)
@@ -100,6 +118,7 @@ def list_row(job: TrainingJob, now: datetime, style: Style, *, wide: bool = Fals
             job.spec.model_type.value,
             (allocation.summary if allocation else None) or fmt.NONE,
             job.spec.priority.value,
+            queue_text(job),
             fmt.money(estimate.total_usd if estimate else None),
             job.status.latest_checkpoint or fmt.NONE,
         ]
@@ -236,6 +255,22 @@ def describe(
             f"{', reused' if s.reused else ''})"
             for s in init.sources
         ]
+    queue = st.queue
+    if queue is not None:
+        where = f"LocalQueue {queue.name}" + (
+            f" (ClusterQueue {queue.cluster_queue})" if queue.cluster_queue else ""
+        )
+        if waiting_in_queue(job):
+            place = f", position {queue.position}" if queue.position is not None else ""
+            state = f"waiting{place}"
+        elif queue.admitted:
+            flavors = ", ".join(f"{r}: {f}" for r, f in sorted((queue.flavors or {}).items()))
+            state = f"admitted ({flavors})" if flavors else "admitted"
+        else:
+            state = "not admitted"
+        lines.append(f"Queue:          {where}, {state}; preempted {queue.preemptions} time(s)")
+        if queue.message:
+            lines.append(f"                {queue.message}")
     training = fmt.NONE if fetching(job) else progress_text(job, style)  # not started yet
     lines += [
         f"Progress:       {training}",

@@ -38,6 +38,8 @@ class Process:
     argv: list[str]
     log: Path
     env: dict[str, str] | None = None
+    runs: str | None = None
+    """The executable the PID runs once started, when ``argv[0]`` hands over to it (chroot)."""
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pid: int | None = None
 
@@ -66,7 +68,7 @@ class Process:
         """The exit code if the process has ended, else None."""
         if self.popen is not None:
             return self.popen.poll()
-        if self.pid is not None and not pid_is(self.pid, self.argv[0]):
+        if self.pid is not None and not pid_is(self.pid, self.executable):
             return -1
         return None
 
@@ -83,7 +85,11 @@ class Process:
                     self.popen.kill()
                     self.popen.wait()
         else:
-            stop_pid(self.pid, self.argv[0], grace_seconds)
+            stop_pid(self.pid, self.executable, grace_seconds)
+
+    @property
+    def executable(self) -> str:
+        return self.runs or self.argv[0]
 
 
 def pid_is(pid: int, executable: str) -> bool:

@@ -13,6 +13,7 @@ from kubernetes import client
 from kubetrain.api.children import LABEL_JOB, MANAGED_BY
 from kubetrain.operator import metrics
 from kubetrain.operator.kube import Cluster
+from kubetrain.operator.kueue import KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.queue import WorkQueue
 from kubetrain.operator.reconcile.reconciler import Reconciler
@@ -68,6 +69,10 @@ class Controller:
             (rbac.list_role_binding_for_all_namespaces, "RoleBinding", shared,
              self.identity_event),
         ]  # fmt: skip
+        if self.reconciler.settings.kueue_enabled:  # each queued job's Workload
+            workloads = client.CustomObjectsApi(api).list_cluster_custom_object
+            watches.append((functools.partial(workloads, KUEUE_GROUP, KUEUE_VERSION, WORKLOADS),
+                            "Workload", owned, self.child_event))  # fmt: skip
         for list_all, kind, selector, handle in watches:
             watcher = Watcher(list_all, kind, selector, functools.partial(_by_kind, handle, kind),
                               namespaces)  # fmt: skip
@@ -96,7 +101,7 @@ class Controller:
         self.queue.add(key)
 
     def child_event(self, event: Mapping[str, Any], kind: str) -> None:
-        """A worker Pod, checkpoint claim or headless Service of a job changed."""
+        """A worker Pod, checkpoint claim, headless Service or Workload of a job changed."""
         body = event.get("object") or {}
         meta = body.get("metadata") or {}
         job = (meta.get("labels") or {}).get(LABEL_JOB)

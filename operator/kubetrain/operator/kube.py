@@ -15,9 +15,11 @@ from urllib3.exceptions import HTTPError
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.operator import metrics
+from kubetrain.operator.kueue import KUEUE_GROUP, KUEUE_VERSION, VISIBILITY_GROUP, WORKLOADS
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+
 COMPONENT = "kubetrain-operator"
 FIELD_MANAGER = COMPONENT
 """The one field manager of every server-side apply the operator sends."""
@@ -272,3 +274,121 @@ class Cluster:
             )
         except (HTTPError, OSError) as err:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], err)
+
+    # -- Kueue ---------------------------------------------------------------------------
+
+    def create_workload(self, manifest: JSON) -> JSON | None:
+        """Create a job's Workload; None when one of that name exists already."""
+        meta = manifest["metadata"]
+        self._count("create")
+        try:
+            return cast(
+                JSON,
+                self.custom.create_namespaced_custom_object(
+                    KUEUE_GROUP,
+                    KUEUE_VERSION,
+                    meta["namespace"],
+                    WORKLOADS,
+                    manifest,
+                    _request_timeout=TIMEOUT,
+                ),
+            )
+        except ApiException as err:
+            if err.status == 409:
+                return None
+            raise
+
+    def delete_workload(self, namespace: str, name: str) -> None:
+        """Delete a Workload (its quota goes back at once); a missing one is fine."""
+        self._count("delete")
+        try:
+            self.custom.delete_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, WORKLOADS, name, _request_timeout=TIMEOUT
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def replace_workload_status(self, body: JSON) -> JSON:
+        """Write a Workload's status guarded by its resourceVersion (StaleError, GoneError)."""
+        meta = body["metadata"]
+        self._count("update")
+        try:
+            return cast(
+                JSON,
+                self.custom.replace_namespaced_custom_object_status(
+                    KUEUE_GROUP,
+                    KUEUE_VERSION,
+                    meta["namespace"],
+                    WORKLOADS,
+                    meta["name"],
+                    body,
+                    _request_timeout=TIMEOUT,
+                ),
+            )
+        except ApiException as err:
+            if err.status == 404:
+                raise GoneError(f"Workload {meta['namespace']}/{meta['name']}") from None
+            if err.status == 409:
+                raise StaleError(f"Workload {meta['namespace']}/{meta['name']}") from None
+            raise
+
+    def get_workload(self, namespace: str, name: str) -> JSON | None:
+        self._count("get")
+        try:
+            return cast(
+                JSON,
+                self.custom.get_namespaced_custom_object(
+                    KUEUE_GROUP,
+                    KUEUE_VERSION,
+                    namespace,
+                    WORKLOADS,
+                    name,
+                    _request_timeout=TIMEOUT,
+                ),
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def get_kueue_object(self, plural: str, name: str, namespace: str | None = None) -> JSON | None:
+        """A ResourceFlavor, WorkloadPriorityClass (cluster-scoped) or LocalQueue; None
+        when it does not exist."""
+        self._count("get")
+        try:
+            if namespace is None:
+                found = self.custom.get_cluster_custom_object(
+                    KUEUE_GROUP, KUEUE_VERSION, plural, name, _request_timeout=TIMEOUT
+                )
+            else:
+                found = self.custom.get_namespaced_custom_object(
+                    KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name, _request_timeout=TIMEOUT
+                )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return cast(JSON, found)
+
+    def pending_workloads(self, namespace: str, queue: str, host: str = "") -> list[JSON]:
+        """The LocalQueue's pending Workloads in Kueue's order (its visibility API), through
+        the API server's aggregation or, with ``host``, from the visibility server itself."""
+        api = self.custom.api_client
+        path = (
+            f"/apis/{VISIBILITY_GROUP}/{KUEUE_VERSION}/namespaces/{namespace}/localqueues/"
+            f"{queue}/pendingworkloads"
+        )
+        self._count("get")
+        method, url, headers, _, _ = api.param_serialize(
+            "GET",
+            path,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _host=host or None,
+        )
+        response = api.call_api(method, url, header_params=headers, _request_timeout=TIMEOUT)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason)
+        return list(json.loads(response.data).get("items") or [])

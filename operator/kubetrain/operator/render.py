@@ -171,6 +171,10 @@ class Placement:
     gpus_per_worker: int
     cpu: str | None
     memory: str | None
+    admitted_labels: tuple[tuple[str, str], ...] = ()
+    """Node labels of the ResourceFlavor Kueue admitted the workers on (none without Kueue)."""
+    admitted_tolerations: tuple[JSON, ...] = ()
+    """Tolerations of that ResourceFlavor."""
 
     @classmethod
     def resolve(cls, spec: TrainingJobSpec, gpu_type: str, entry: GPUType) -> Placement:
@@ -428,8 +432,10 @@ def _pod_spec(
         "containers": [container],
         "volumes": volumes,
     }
-    if placement.entry.node_selector:
-        pod_spec["nodeSelector"] = dict(placement.entry.node_selector)
+    if placement.entry.node_selector or placement.admitted_labels:
+        pod_spec["nodeSelector"] = dict(placement.entry.node_selector) | dict(
+            placement.admitted_labels
+        )
     if affinity := _affinity(placement.entry):
         pod_spec["affinity"] = affinity
     # A worker on a node that stopped reporting is evicted after lostNodeGraceSeconds (by
@@ -440,7 +446,9 @@ def _pod_spec(
          "tolerationSeconds": settings.lost_node_grace_seconds}
         for taint in ("not-ready", "unreachable")
     ]  # fmt: skip
-    pod_spec["tolerations"] = [dict(t) for t in placement.entry.tolerations] + lost
+    pod_spec["tolerations"] = [
+        dict(t) for t in (*placement.entry.tolerations, *placement.admitted_tolerations)
+    ] + lost
     if priority_class := settings.priority_classes.get(str(spec.priority)):
         pod_spec["priorityClassName"] = priority_class
     return pod_spec

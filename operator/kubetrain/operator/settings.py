@@ -130,6 +130,32 @@ class Settings(BaseModel):
             "low": "kubetrain-low",
         }
     )
+    kueue_enabled: bool = Field(
+        default=False,
+        description=(
+            "Admit jobs through Kueue: a job with the kueue.x-k8s.io/queue-name label (every "
+            "job, with kueueDefaultQueue) gets a Workload, and no worker runs before Kueue "
+            "admits them all."
+        ),
+    )
+    kueue_default_queue: str = Field(
+        default="", description="The LocalQueue of jobs without the queue-name label; empty: none."
+    )
+    kueue_priority_classes: dict[str, str] = Field(
+        default_factory=lambda: {
+            "high": "kubetrain-high",
+            "normal": "kubetrain-normal",
+            "low": "kubetrain-low",
+        },
+        description="The WorkloadPriorityClass of each spec.priority (Kueue's preemption order).",
+    )
+    kueue_visibility_url: str = Field(
+        default="",
+        description=(
+            "Kueue's visibility API (queue positions) at this URL; empty: through the API "
+            "server (visibility.kueue.x-k8s.io)."
+        ),
+    )
     lease_seconds: int = Field(
         default=15,
         ge=3,
@@ -144,6 +170,9 @@ class Settings(BaseModel):
     metrics_address: str = "0.0.0.0"
 
 
+_STRUCTURED = ("catalogue", "images", "priority_classes", "kueue_priority_classes")
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """KUBETRAIN_STATUS_INTERVAL_SECONDS=5 -> {"status_interval_seconds": "5"}."""
     fields = Settings.model_fields
@@ -151,7 +180,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
-            if name in fields and name not in ("catalogue", "images", "priority_classes"):
+            if name in fields and name not in _STRUCTURED:
                 found[name] = value
     return found
 

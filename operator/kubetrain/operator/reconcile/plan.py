@@ -29,11 +29,13 @@ from kubetrain.api.status import (
     Initialization,
     Phase,
     Progress,
+    QueueStatus,
     ResourceAllocation,
     ResourceUsage,
     TrainingJobStatus,
     allocation_summary,
 )
+from kubetrain.operator.kueue import WorkloadView, workload_name
 from kubetrain.operator.render import Placement
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import (
@@ -67,6 +69,16 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class WorkloadAction:
+    """What to do with the job's Kueue Workload: create, delete, release (clear an evicted
+    Workload's admission, returning its quota) or finish (mark it Finished)."""
+
+    kind: str
+    reason: str = ""
+    message: str = ""
+
+
 @dataclass
 class Plan:
     """What the reconciler should do now."""
@@ -82,6 +94,7 @@ class Plan:
     requeue_after: float | None = None
     fetch: int | None = None
     """The fetch attempt whose Pod to create, if any."""
+    workload: WorkloadAction | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,18 @@ class Lookups:
     """The shared cache claim a new fetch uses (spec.cache, or the operator's where it exists)."""
     dataset_claim_missing: bool = False
     """spec.dataset.pvc names a claim that does not exist."""
+    queue: str | None = None
+    """The LocalQueue that admits the job (Kueue), or None: the job is not queued."""
+    kueue_off: bool = False
+    """The job names a LocalQueue, but the operator's Kueue integration is off."""
+    workload: WorkloadView | None = None
+    """The job's Workload as last seen, if it has one."""
+    workload_digest: str = ""
+    """The digest of the Workload the job needs now (its workers, queue and priority)."""
+    cluster_queue: str | None = None
+    """The ClusterQueue behind ``queue``, where known."""
+    position: int | None = None
+    """The job's place in its LocalQueue while it waits, from Kueue's visibility API."""
 
 
 DATASET_CLAIM_GRACE = timedelta(seconds=10)
@@ -113,6 +138,7 @@ class _Planner:
         self.pods = [p for p in pods if p.stage != "fetch"]  # the workers
         self.fetchers = [p for p in pods if p.stage == "fetch"]
         self.lookups = lookups
+        self.queue, self.wl = lookups.queue, lookups.workload
         self.generation = job.metadata.generation
         self.plan = Plan(status=job.status.model_copy(deep=True))
         self.st = self.plan.status
@@ -168,7 +194,17 @@ class _Planner:
             self.st.completion_time = self.st.completion_time or self.now
         self.st.estimated_completion_time = None
         self.delete_active()
+        self._finish_workload(succeeded=False, message=message)
         return self.plan
+
+    def _finish_workload(self, *, succeeded: bool, message: str) -> None:
+        """A finished job's Workload is marked Finished: Kueue frees its quota at once."""
+        wl = self.wl
+        if wl is not None and not wl.finished and not wl.deleting:
+            reason = "Succeeded" if succeeded else "Failed"
+            self.plan.workload = WorkloadAction("finish", reason, message)
+        if self.st.queue is not None:
+            self.st.queue.admitted, self.st.queue.position = False, None
 
     # -- the decision --------------------------------------------------------------------
 
@@ -200,6 +236,8 @@ class _Planner:
 
         if hold := self._hold():
             return self._stop(*hold)
+        if self.wl is not None and self.wl.evicted_reason and self.wl.quota_reserved:
+            return self._evicted(self.wl)
 
         # Training time (progress.elapsedSeconds) excludes every stop: a job stopped past
         # the deadline's wall-clock time is not failed for it, on resume or ever.
@@ -234,7 +272,11 @@ class _Planner:
         if any(p.attempt != st.attempt and not self._abandoned(p) for p in self.pods):
             return self.plan  # the previous attempt's Pods are still stopping: wait for them
         present = {p.index for p in current}
-        self.plan.create = [i for i in range(workers) if i not in present]
+        missing = [i for i in range(workers) if i not in present]
+        if not self._admit(current, creating=bool(missing)):
+            self._estimate()
+            return self.plan
+        self.plan.create = missing
         self._phase_from(current)
         self._estimate()
         return self.plan
@@ -351,7 +393,8 @@ class _Planner:
         if not self._start():
             return self.plan
         self.plan.resume_from = self.st.resumed_from or "latest"
-        self.plan.create = list(range(self.spec.resources.workers))
+        if self._admit([], creating=True):
+            self.plan.create = list(range(self.spec.resources.workers))
         self._estimate()
         return self.plan
 
@@ -373,6 +416,11 @@ class _Planner:
 
     def _finished(self) -> Plan:
         self.delete_active()
+        condition = self.st.condition(str(self.st.phase)) if self.st.phase else None
+        self._finish_workload(
+            succeeded=self.st.phase is Phase.COMPLETED,
+            message=condition.message if condition else "",
+        )
         ttl = self.spec.run_policy.ttl_seconds_after_finished
         done = self.st.completion_time
         if ttl is not None and done is not None:
@@ -484,6 +532,12 @@ class _Planner:
             latest = self.st.latest_checkpoint
             where = f"; latest checkpoint {latest}" if latest else ""
             self.phase(Phase.STOPPED, reason, f"{message}{where}")
+            if self.wl is not None and not self.wl.deleting:
+                self.plan.workload = WorkloadAction("delete", reason, message)
+            if self.st.queue is not None:  # its Workload goes, and its quota with it
+                queue = self.st.queue
+                queue.admitted, queue.flavors, queue.position = False, None, None
+                queue.message = f"quota released: {message}"
         return self.plan
 
     def _complete(self) -> Plan:
@@ -497,6 +551,7 @@ class _Planner:
                 st.progress.percentage = 100.0
         where = f"; model at {st.model.path}" if st.model and st.model.path else ""
         self.phase(Phase.COMPLETED, "TrainingSucceeded", f"all workers finished{where}")
+        self._finish_workload(succeeded=True, message=f"all workers finished{where}")
         return self.plan
 
     def _restart(self, failed: list[PodView], lost: list[PodView]) -> Plan:
@@ -579,12 +634,122 @@ class _Planner:
             self.event(
                 "Resumed", f"resuming from checkpoint {wanted or st.latest_checkpoint or 'latest'}"
             )
+        workers = self.spec.resources.workers
+        if self.lookups.kueue_off:
+            self._admit([], creating=False)
+            return True
+        if self.queue is not None:
+            self.phase(
+                Phase.QUEUED,
+                "Resuming" if resuming else "Created",
+                f"waiting for Kueue to admit {workers} worker(s) in LocalQueue {self.queue}, "
+                f"attempt {st.attempt}",
+            )
+            return True
         self.phase(
             Phase.PENDING,
             "Resuming" if resuming else "Created",
-            f"creating {self.spec.resources.workers} worker Pod(s), attempt {st.attempt}",
+            f"creating {workers} worker Pod(s), attempt {st.attempt}",
         )
         return True
+
+    # -- Kueue ---------------------------------------------------------------------------
+
+    def _admit(self, current: list[PodView], *, creating: bool) -> bool:
+        """Whether the job's workers may be created: always, unless the job is queued in
+        Kueue; then only once Kueue admitted its Workload, which covers every worker."""
+        if self.lookups.kueue_off:
+            self.phase(
+                Phase.QUEUED, "KueueDisabled",
+                "the job has the kueue.x-k8s.io/queue-name label, but this operator's Kueue "
+                "integration is off (operator setting kueueEnabled, chart value kueue.enabled); "
+                "remove the label to run the job without Kueue",
+            )  # fmt: skip
+            return False
+        queue = self.queue
+        if queue is None:
+            return True
+        st, wl, workers = self.st, self.wl, self.spec.resources.workers
+        active = any(not p.finished for p in current)
+        status = st.queue = st.queue or QueueStatus(name=queue)
+        status.name = queue
+        status.cluster_queue = self.lookups.cluster_queue or status.cluster_queue
+        name = workload_name(self.job.metadata.name or "")
+        if (
+            wl is not None
+            and not wl.deleting
+            and (wl.finished or (wl.digest != self.lookups.workload_digest and not active))
+        ):
+            self.plan.workload = WorkloadAction(
+                "delete", "Replaced", "the job needs a new Workload"
+            )
+            wl = None
+        if wl is None or wl.deleting:
+            if wl is None and self.plan.workload is None:
+                self.plan.workload = WorkloadAction("create")
+            status.workload, status.admitted, status.flavors = name, False, None
+            status.message = f"waiting for Kueue to take Workload {name}"
+            if not active:
+                self._queued("WaitingForAdmission", status.message)
+            return False
+        status.workload = wl.name
+        if not wl.admitted:
+            status.admitted, status.flavors = False, None
+            status.position = self.lookups.position
+            status.message = wl.pending_message or "waiting for quota"
+            if not active:
+                self._queued(wl.pending_reason or "Pending", status.message)
+            return False
+        status.cluster_queue = wl.cluster_queue or status.cluster_queue
+        status.admitted, status.flavors, status.position = True, dict(wl.flavors) or None, None
+        flavors = ", ".join(f"{r} from {f}" for r, f in sorted(wl.flavors.items()))
+        status.message = f"admitted in ClusterQueue {wl.cluster_queue}" + (
+            f" ({flavors})" if flavors else ""
+        )
+        if creating and st.phase is Phase.QUEUED:
+            self.phase(
+                Phase.PENDING, "Admitted",
+                f"Kueue admitted all {workers} worker(s) in ClusterQueue {wl.cluster_queue}"
+                f"{f' ({flavors})' if flavors else ''}: creating them, attempt {st.attempt}",
+            )  # fmt: skip
+        return True
+
+    def _queued(self, reason: str, message: str) -> None:
+        where = f"LocalQueue {self.queue}"
+        if self.st.queue is not None and self.st.queue.cluster_queue:
+            where += f" (ClusterQueue {self.st.queue.cluster_queue})"
+        self.phase(Phase.QUEUED, reason, f"waiting in {where}: {message}")
+
+    def _evicted(self, wl: WorkloadView) -> Plan:
+        """Kueue evicted the admitted Workload (preemption, a quota change, deactivation):
+        the workers stop gracefully and checkpoint; once every one has stopped, the
+        Workload's admission is cleared, which returns the quota, and the job waits in
+        its queue to resume from that checkpoint. A restart, never a failure."""
+        st = self.st
+        reason = "Preempted" if wl.evicted_reason == "Preempted" else "Evicted"
+        by = f" for TrainingJob {wl.preemptor}" if wl.preemptor else ""
+        why = f"Kueue evicted the job{by} ({wl.evicted_reason}: {wl.evicted_message})"
+        st.estimated_completion_time = None
+        self.plan.delete += [p.name for p in self.pods if not p.deleting and not p.finished]
+        if any(not p.finished and not self._abandoned(p) for p in self.pods):
+            self.phase(
+                Phase.STOPPING, reason,
+                f"{why}; workers are writing a checkpoint before the quota is released",
+            )  # fmt: skip
+            return self.plan
+        if any(p.attempt == st.attempt for p in self.pods):
+            st.restarts += 1
+            st.attempt += 1
+            st.resumed_from = "latest"
+        status = st.queue = st.queue or QueueStatus(name=self.queue or "")
+        status.preemptions += 1
+        status.admitted, status.flavors = False, None
+        status.message = f"evicted ({wl.evicted_reason}): {wl.evicted_message}"
+        self.plan.workload = WorkloadAction("release", wl.evicted_reason, wl.evicted_message)
+        latest = st.latest_checkpoint
+        then = f"; resumes from checkpoint {latest} once admitted again" if latest else ""
+        self.phase(Phase.QUEUED, reason, f"{why}; quota released, back in the queue{then}")
+        return self.plan
 
     def _phase_from(self, current: list[PodView]) -> None:
         waiting = [p for p in current if p.unschedulable]

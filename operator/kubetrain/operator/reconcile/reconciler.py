@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,12 +20,13 @@ from urllib3.exceptions import HTTPError
 from kubetrain.api.fetch import fetch_sources
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
-from kubetrain.operator import metrics
+from kubetrain.operator import kueue, metrics
 from kubetrain.operator.kube import Cluster, GoneError, StaleError
 from kubetrain.operator.metrics import JobSample
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
 from kubetrain.operator.render import (
+    Placement,
     checkpoint_claim,
     fetch_pod,
     headless_service,
@@ -144,6 +146,8 @@ class Reconciler:
         self._claims: set[tuple[str, str]] = set()  # claims known to exist
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._kueue_reads: dict[tuple[str, ...], tuple[float, Any]] = {}  # TTL cache
+        self._warned_priority: set[str] = set()
 
     def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
@@ -238,7 +242,8 @@ class Reconciler:
             for p in self.cache.pods(key)
             if controller_uid(p) == job.metadata.uid
         ]
-        decided = plan(job, pods, now=now, settings=self.settings, lookups=self._lookups(job))
+        lookups = replace(self._lookups(job), **self._kueue(key, job))
+        decided = plan(job, pods, now=now, settings=self.settings, lookups=lookups)
         metrics.JOB_SERIES.observe(key, job_sample(job, decided.status, self.settings))
         # Actions follow a recorded status (the attempt number above all), so a status
         # that comes with actions is written at once, throttle or not.
@@ -250,6 +255,10 @@ class Reconciler:
         try:
             for name in dict.fromkeys(decided.delete):
                 self.cluster.delete_pod(key[0], name)
+            if decided.workload is not None:
+                retry = self._workload(key, job, decided.workload, lookups.queue)
+                if retry is not None:
+                    return retry
             if decided.placement is not None and (
                 decided.create or decided.fetch is not None or decided.status.phase in _ACTIVE
             ):
@@ -407,13 +416,14 @@ class Reconciler:
         with backoff: the seconds to wait.
         """
         assert decided.placement is not None
+        placement = self._admitted_placement(key, decided.placement, decided.status)
         for index in decided.create:
             pod = worker_pod(
                 job,
                 index,
                 attempt=decided.status.attempt,
                 resume_from=decided.resume_from,
-                placement=decided.placement,
+                placement=placement,
                 settings=self.settings,
                 fetched=decided.status.initialization,
             )
@@ -444,6 +454,180 @@ class Reconciler:
         if cache is None and shared and fetch_sources(spec) and self._claim(namespace, shared):
             cache = shared
         return Lookups(cache_claim=cache, dataset_claim_missing=missing)
+
+    # -- Kueue ---------------------------------------------------------------------------
+
+    def _kueue(self, key: Key, job: TrainingJob) -> dict[str, Any]:
+        """The Kueue facts of this pass (``Lookups`` fields): the job's LocalQueue, its
+        Workload as last seen, the digest of the Workload it needs, its queue position."""
+        named = (job.metadata.labels or {}).get(kueue.QUEUE_LABEL)
+        if not self.settings.kueue_enabled:
+            return {"kueue_off": bool(named)}
+        queue = named or self.settings.kueue_default_queue
+        if not queue:
+            return {}
+        observed = self.cache.child(key, "Workload", kueue.workload_name(key[1]))
+        found = None
+        if observed is not None and controller_uid(observed) == job.metadata.uid:
+            found = kueue.view(observed)
+            if found.preemptor_uid:
+                by = next(
+                    (
+                        j
+                        for j in self.cache.jobs()
+                        if j["metadata"].get("uid") == found.preemptor_uid
+                    ),
+                    None,
+                )
+                if by is not None:
+                    meta = by["metadata"]
+                    found = replace(found, preemptor=f"{meta['namespace']}/{meta['name']}")
+        desired = self._desired_workload(job, queue)
+        digest = desired["metadata"]["annotations"][kueue.ANNOTATION_SHAPE] if desired else ""
+        waiting = found is not None and not found.admitted and not found.deleting
+        return {
+            "queue": queue,
+            "workload": found,
+            "workload_digest": digest,
+            "cluster_queue": self._cluster_queue(key[0], queue),
+            "position": self._position(key[0], queue, found.name) if waiting and found else None,
+        }
+
+    def _desired_workload(self, job: TrainingJob, queue: str) -> JSON | None:
+        """The Workload the job needs now: its workers as they would be created."""
+        catalogue = self.settings.catalogue
+        gpu_type = job.spec.resources.gpu_type or catalogue.default_type
+        entry = catalogue.get(gpu_type)
+        if entry is None:
+            return None  # the plan fails the job for it
+        placement = Placement.resolve(job.spec, gpu_type, entry)
+        worker = worker_pod(
+            job, 0, attempt=0, resume_from="latest", placement=placement, settings=self.settings
+        )
+        return kueue.workload(job, worker, queue, self._priority(job))
+
+    def _read(self, what: tuple[str, ...], ttl: float, fetch: Callable[[], Any]) -> Any:
+        """A Kueue object read at most once per ``ttl`` seconds (shared by every job)."""
+        now = time.monotonic()
+        with self._guard:
+            cached = self._kueue_reads.get(what)
+        if cached is not None and now - cached[0] < ttl:
+            return cached[1]
+        value = fetch()
+        with self._guard:
+            if len(self._kueue_reads) > 10_000:
+                self._kueue_reads.clear()
+            self._kueue_reads[what] = (now, value)
+        return value
+
+    def _priority(self, job: TrainingJob) -> tuple[str, int] | None:
+        """The WorkloadPriorityClass of the job's spec.priority and its value; None (and a
+        warning, once) when the class does not exist."""
+        name = self.settings.kueue_priority_classes.get(str(job.spec.priority))
+        if not name:
+            return None
+        found = self._read(
+            ("wpc", name),
+            300.0,
+            lambda: self.cluster.get_kueue_object("workloadpriorityclasses", name),
+        )
+        if found is None:
+            if name not in self._warned_priority:
+                self._warned_priority.add(name)
+                log.warning(
+                    "WorkloadPriorityClass %s (spec.priority %s) does not exist: "
+                    "Workloads get Kueue's default priority",
+                    name,
+                    job.spec.priority,
+                )
+            return None
+        return name, int(found.get("value", 0))
+
+    def _cluster_queue(self, namespace: str, queue: str) -> str | None:
+        found = self._read(
+            ("lq", namespace, queue),
+            60.0,
+            lambda: self.cluster.get_kueue_object("localqueues", queue, namespace),
+        )
+        return str((found.get("spec") or {}).get("clusterQueue") or "") or None if found else None
+
+    def _position(self, namespace: str, queue: str, workload: str) -> int | None:
+        """The Workload's place in its LocalQueue (Kueue's visibility API; one read per
+        queue every few seconds); None where the API cannot be reached."""
+
+        def fetch() -> list[JSON] | None:
+            try:
+                return self.cluster.pending_workloads(
+                    namespace, queue, self.settings.kueue_visibility_url
+                )
+            except (ApiException, HTTPError, OSError, ValueError) as err:
+                log.debug("Kueue visibility API for %s/%s: %s", namespace, queue, err)
+                return None
+
+        pending = self._read(("visibility", namespace, queue), 5.0, fetch)
+        for item in pending or []:
+            if (item.get("metadata") or {}).get("name") == workload:
+                return int(item.get("positionInLocalQueue", 0))
+        return None
+
+    def _workload(self, key: Key, job: TrainingJob, action: Any, queue: str | None) -> float | None:
+        """Carry out the plan's Workload action; seconds to wait when it must be retried."""
+        name = kueue.workload_name(key[1])
+        if action.kind == "create":
+            desired = self._desired_workload(job, queue or "")
+            if desired is None:
+                return None
+            stored = self.cluster.create_workload(desired)
+            if stored is not None:
+                self.cache.put_child(key, dict(stored, kind="Workload"))
+            return None
+        if action.kind == "delete":
+            self.cluster.delete_workload(key[0], name)
+            return None
+        observed = self.cache.child(key, "Workload", name)
+        if observed is None:
+            return None
+        if action.kind == "release":
+            changed = kueue.released(observed, action.reason, action.message, self.clock())
+        else:
+            succeeded = action.reason == "Succeeded"
+            changed = kueue.finished(observed, succeeded, action.message, self.clock())
+        try:
+            stored = self.cluster.replace_workload_status(changed)
+        except StaleError:  # Kueue wrote it meanwhile: read it again, decide again
+            fresh = self.cluster.get_workload(key[0], name)
+            if fresh is not None:
+                self.cache.put_child(key, dict(fresh, kind="Workload"))
+            return 0.2
+        except GoneError:
+            self.cache.drop_child(key, "Workload", name)
+            return None
+        self.cache.put_child(key, dict(stored, kind="Workload"))
+        return None
+
+    def _admitted_placement(
+        self, key: Key, placement: Placement, status: TrainingJobStatus
+    ) -> Placement:
+        """The workers' placement with the node labels and tolerations of the flavors Kueue
+        admitted them on (the job-framework contract); unchanged without Kueue."""
+        if status.queue is None or not status.queue.admitted or not status.queue.flavors:
+            return placement
+        labels: dict[str, str] = {}
+        tolerations: list[JSON] = []
+        for flavor in dict.fromkeys(status.queue.flavors.values()):
+            body = self._read(
+                ("flavor", flavor),
+                60.0,
+                functools.partial(self.cluster.get_kueue_object, "resourceflavors", flavor),
+            )
+            more_labels, more_tolerations = kueue.admitted_placement(body)
+            labels |= more_labels
+            tolerations += more_tolerations
+        return replace(
+            placement,
+            admitted_labels=tuple(sorted(labels.items())),
+            admitted_tolerations=tuple(tolerations),
+        )
 
     def _claim(self, namespace: str, name: str) -> bool:
         """Whether the claim exists; a claim seen once is not asked about again."""
@@ -535,24 +719,30 @@ _ACTIVE = (Phase.PENDING, Phase.INITIALIZING, Phase.QUEUED, Phase.RUNNING, Phase
 
 def job_sample(job: TrainingJob, status: TrainingJobStatus, settings: Settings) -> JobSample:
     """The job's per-job series, from the status the reconciler just planned."""
-    values: dict[str, float] = {"restarts": status.restarts, "failures": status.failures,
-                                "attempt": status.attempt}  # fmt: skip
+    values: dict[str, float] = {
+        "restarts": status.restarts,
+        "failures": status.failures,
+        "attempt": status.attempt,
+    }
     progress, figures, usage = status.progress, status.metrics, status.resource_usage
     if progress is not None:
         counts: tuple[tuple[str, int | None], ...] = (
-            ("epoch", progress.current_epoch), ("step", progress.current_step),
+            ("epoch", progress.current_epoch),
+            ("step", progress.current_step),
             ("total_steps", progress.total_steps),
-        )  # fmt: skip
+        )
         values |= {name: float(value) for name, value in counts if value is not None}
         if progress.percentage is not None:
             values["progress_ratio"] = progress.percentage / 100
     if figures is not None:
         reals: tuple[tuple[str, float | int | None], ...] = (
-            ("loss", figures.current_loss), ("best_loss", figures.best_loss),
+            ("loss", figures.current_loss),
+            ("best_loss", figures.best_loss),
             ("validation_loss", figures.validation_loss),
-            ("learning_rate", figures.learning_rate), ("throughput", figures.throughput),
+            ("learning_rate", figures.learning_rate),
+            ("throughput", figures.throughput),
             ("gpu_memory_bytes", figures.gpu_memory_bytes),
-        )  # fmt: skip
+        )
         values |= {name: float(value) for name, value in reals if value is not None}
     if usage is not None:
         values["gpu_hours"], values["cost_usd"] = usage.gpu_hours or 0.0, usage.cost_usd or 0.0

@@ -1,0 +1,262 @@
+"""Admission through Kueue: each queued TrainingJob owns one Workload.
+
+The operator follows Kueue's job-framework contract itself, the way Kueue's own
+integrations do for batch/v1 Jobs:
+
+- it creates the job's Workload (one pod set, every worker, with the workers' requests and
+  placement) and creates no worker Pod until Kueue admits it: all or nothing;
+- on admission it creates the workers with the admitted flavor's node labels and taints;
+- when Kueue evicts the Workload (preemption, a quota change, deactivation) it stops the
+  workers gracefully (they checkpoint), and only once they have stopped does it clear the
+  Workload's admission, which returns the quota: the checkpoint is committed first;
+- a finished job's Workload is marked ``Finished``; a stopped job's is deleted. Both free
+  the quota at once. The Workload is owned by the job, so deleting the job frees it too.
+
+This module turns Workload objects into the plan's view of them, and the plan's decisions
+into Workload bodies; the plan stays a pure function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetrain.api.base import GROUP, KIND, VERSION
+from kubetrain.api.children import LABEL_JOB, MANAGED_BY
+from kubetrain.api.job import TrainingJob
+
+JSON = dict[str, Any]
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+WORKLOADS = "workloads"
+VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""On a TrainingJob: the LocalQueue (in its namespace) that admits it."""
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+"""On the Workload: Kueue names the job behind a preemptor by it."""
+ANNOTATION_SHAPE = "kubetrain.io/pod-set-digest"
+"""On the Workload: digest of its pod set, to tell when the job's shape has changed."""
+POD_SET = "workers"
+_REQUEUED_REASONS = ("Preempted", "NodeFailures")
+"""Evictions after which Kueue puts the Workload back in its queue (as its jobs do)."""
+_PREEMPTOR = re.compile(r"JobUID: (?P<uid>[0-9a-f-]+)")
+
+
+def workload_name(job: str) -> str:
+    return f"trainingjob-{job}"[:253]
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """What the plan needs to know of a job's Workload."""
+
+    name: str
+    uid: str
+    digest: str
+    deleting: bool = False
+    quota_reserved: bool = False
+    admitted: bool = False
+    finished: bool = False
+    cluster_queue: str = ""
+    flavors: dict[str, str] = field(default_factory=dict)
+    """Resource name -> ResourceFlavor, while admitted."""
+    pending_reason: str = ""
+    pending_message: str = ""
+    """Why Kueue has not reserved quota yet (its QuotaReserved=False condition)."""
+    evicted_reason: str = ""
+    evicted_message: str = ""
+    """Set while Kueue's Evicted condition is True."""
+    preemptor_uid: str = ""
+    """The uid of the job whose admission evicted this one, where Kueue names it."""
+    preemptor: str = ""
+    """The TrainingJob behind ``preemptor_uid`` (filled by the reconciler), if known."""
+    resource_version: str = ""
+
+
+def _conditions(body: JSON) -> dict[str, JSON]:
+    return {c.get("type", ""): c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+def _true(conditions: dict[str, JSON], kind: str) -> bool:
+    return (conditions.get(kind) or {}).get("status") == "True"
+
+
+def view(body: JSON) -> WorkloadView:
+    meta, status = body["metadata"], body.get("status") or {}
+    conditions = _conditions(body)
+    admission = status.get("admission") or {}
+    flavors: dict[str, str] = {}
+    for assignment in admission.get("podSetAssignments") or []:
+        flavors.update(assignment.get("flavors") or {})
+    reserved = conditions.get("QuotaReserved") or {}
+    evicted = conditions.get("Evicted") or {}
+    preempted = conditions.get("Preempted") or {}
+    evicted_now = evicted.get("status") == "True"
+    found = _PREEMPTOR.search(str(preempted.get("message", ""))) if evicted_now else None
+    return WorkloadView(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        digest=(meta.get("annotations") or {}).get(ANNOTATION_SHAPE, ""),
+        deleting=bool(meta.get("deletionTimestamp")),
+        quota_reserved=reserved.get("status") == "True",
+        admitted=_true(conditions, "Admitted"),
+        finished=_true(conditions, "Finished"),
+        cluster_queue=str(admission.get("clusterQueue", "")),
+        flavors=flavors,
+        pending_reason=str(reserved.get("reason", "")) if reserved.get("status") != "True" else "",
+        pending_message=str(reserved.get("message", ""))
+        if reserved.get("status") != "True"
+        else "",
+        evicted_reason=str(evicted.get("reason", "")) if evicted_now else "",
+        evicted_message=str(preempted.get("message") or evicted.get("message", ""))
+        if evicted_now
+        else "",
+        preemptor_uid=found.group("uid") if found else "",
+        resource_version=str(meta.get("resourceVersion", "")),
+    )
+
+
+def requeued_after(reason: str) -> bool:
+    return reason in _REQUEUED_REASONS
+
+
+def pod_set(worker: JSON, count: int) -> JSON:
+    """The Workload's one pod set: ``count`` workers shaped like ``worker`` (a rendered
+    worker Pod), cut to what admission reads (requests, placement)."""
+    spec = worker["spec"]
+    template: JSON = {
+        "containers": [
+            {"name": c["name"], "resources": c.get("resources") or {}} for c in spec["containers"]
+        ]
+    }
+    for key in ("nodeSelector", "affinity", "tolerations", "priorityClassName"):
+        if spec.get(key):
+            template[key] = spec[key]
+    return {"name": POD_SET, "count": count, "template": {"spec": template}}
+
+
+def digest(pods: JSON, queue: str, priority: tuple[str, int] | None) -> str:
+    """What makes a Workload the right one for the job: its pod set, queue and priority."""
+    text = json.dumps([pods, queue, priority], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def workload(job: TrainingJob, worker: JSON, queue: str, priority: tuple[str, int] | None) -> JSON:
+    """The job's Workload: owned by the job, in its LocalQueue, at its priority."""
+    meta = job.metadata
+    name = meta.name or ""
+    pods = pod_set(worker, job.spec.resources.workers)
+    spec: JSON = {"queueName": queue, "podSets": [pods]}
+    if priority is not None:
+        spec["priorityClassRef"] = {
+            "group": KUEUE_GROUP,
+            "kind": "WorkloadPriorityClass",
+            "name": priority[0],
+        }
+        spec["priority"] = priority[1]
+    return {
+        "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
+        "kind": "Workload",
+        "metadata": {
+            "name": workload_name(name),
+            "namespace": meta.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                LABEL_JOB: name,
+                JOB_UID_LABEL: meta.uid or "",
+            },
+            "annotations": {ANNOTATION_SHAPE: digest(pods, queue, priority)},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": name,
+                    "uid": meta.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+def _set(
+    conditions: list[JSON],
+    kind: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> list[JSON]:
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = next((c for c in conditions if c.get("type") == kind), None)
+    since = old.get("lastTransitionTime", stamp) if old and old.get("status") == status else stamp
+    out = [c for c in conditions if c.get("type") != kind]
+    out.append(
+        {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message[:32768],
+            "observedGeneration": generation or 0,
+            "lastTransitionTime": since,
+        }
+    )
+    return out
+
+
+def released(body: JSON, reason: str, message: str, now: datetime) -> JSON:
+    """``body`` with its admission cleared after an eviction: quota back to the
+    ClusterQueue, and back in the queue when Kueue requeues that kind of eviction."""
+    status = dict(body.get("status") or {})
+    status.pop("admission", None)
+    generation = body["metadata"].get("generation")
+    conditions = list(status.get("conditions") or [])
+    requeue = "True" if requeued_after(reason) else "False"
+    at = {"generation": generation, "now": now}
+    conditions = _set(conditions, "Requeued", requeue, reason, message, **at)
+    conditions = _set(conditions, "QuotaReserved", "False", "Pending", message, **at)
+    if any(c.get("type") == "Admitted" for c in conditions):
+        conditions = _set(
+            conditions,
+            "Admitted",
+            "False",
+            "NoReservation",
+            "The workload has no reservation",
+            **at,
+        )
+    status["conditions"] = conditions
+    return dict(body, status=status)
+
+
+def finished(body: JSON, succeeded: bool, message: str, now: datetime) -> JSON:
+    """``body`` marked Finished: Kueue returns its quota at once."""
+    status = dict(body.get("status") or {})
+    reason = "Succeeded" if succeeded else "Failed"
+    status["conditions"] = _set(
+        list(status.get("conditions") or []),
+        "Finished",
+        "True",
+        reason,
+        message,
+        generation=body["metadata"].get("generation"),
+        now=now,
+    )
+    return dict(body, status=status)
+
+
+def admitted_placement(flavor: JSON | None) -> tuple[dict[str, str], list[JSON]]:
+    """The node labels and tolerations an admitted ResourceFlavor adds to the workers."""
+    if not flavor:
+        return {}, []
+    spec = flavor.get("spec") or {}
+    labels = {str(k): str(v) for k, v in (spec.get("nodeLabels") or {}).items()}
+    tolerations = list(spec.get("tolerations") or [])
+    return labels, tolerations
