@@ -69,8 +69,8 @@ images: ## build the container images (needs Docker; not available on the build 
 kind-e2e: ## on a host with Docker: kind cluster, images loaded, Helm install, the tiny job with a stop and resume
 	@bash hack/kind-e2e.sh
 
-cluster-up: ## start the local cluster; writes .cluster/kubeconfig
-	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR)
+cluster-up: ## start the local cluster; writes .cluster/kubeconfig (KUEUE=1: with Kueue and GPU queues)
+	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR) $(if $(KUEUE),--kueue)
 
 cluster-down: ## stop the local cluster (every process it started, by PID)
 	@$(PY) -m kubetrain.localcluster down --dir $(CLUSTER_DIR)

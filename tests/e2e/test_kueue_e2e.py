@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.api.children import LABEL_JOB
 from kubetrain.localcluster import ControlPlane
-from kubetrain.localcluster.kueue import Kueue
+from kubetrain.localcluster.kueue import Kueue, priority_classes
 from kubetrain.localcluster.nodeagent import NodeAgent
 from kubetrain.localcluster.ports import free_ports
 from tests.conftest import _fresh_namespace
@@ -68,11 +68,7 @@ def kueue(cluster: ControlPlane, node_agent: NodeAgent) -> Iterator[Kueue]:
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
          "metadata": {"name": name}, "spec": {"nodeLabels": {"nvidia.com/gpu.product": product}}}
         for name, product in (("a100", A100), ("h100", "NVIDIA-H100-80GB-HBM3"))
-    ] + [
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
-         "metadata": {"name": f"kubetrain-{name}"}, "value": value}
-        for name, value in (("high", 1000), ("normal", 100), ("low", 10))
-    ]  # fmt: skip
+    ] + priority_classes()  # fmt: skip
     running.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
     try:
         yield running

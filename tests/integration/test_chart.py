@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from kubetrain.localcluster import ControlPlane, find_binary
-from kubetrain.operator.settings import Settings
+from kubetrain.localcluster.kueue import manifests_dir
+from kubetrain.operator.settings import Settings, load_settings
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,3 +218,39 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     assert tools.kubectl("get", "deployment", "kubetrain", "-n", NS, check=False).returncode != 0
     assert tools.get("crd", "trainingjobs.kubetrain.io")  # kept: the jobs survive
     assert len(tools.get("trainingjobs", "-n", "ml")["items"]) == 4
+
+
+def test_the_kueue_values_turn_the_integration_on_with_valid_priority_classes(
+    tools: Tools, tmp_path: Path
+) -> None:
+    rendered = tools.helm(
+        "template", "t", str(CHART), "--kube-version", "1.36.3",
+        "--set", "kueue.enabled=true", "--set", "kueue.defaultQueue=team-a",
+    ).stdout  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    classes = [d for d in documents if d["kind"] == "WorkloadPriorityClass"]
+    assert {c["metadata"]["name"]: c["value"] for c in classes} == {
+        "kubetrain-high": 1000, "kubetrain-normal": 100, "kubetrain-low": 10
+    }  # fmt: skip
+    # Valid for the Kueue release the local cluster runs (its CRD, from the same module).
+    crd = manifests_dir() / "crd" / "kueue.x-k8s.io_workloadpriorityclasses.yaml"
+    tools.kubectl("apply", "--server-side", "-f", str(crd))
+    eventually(
+        lambda: tools.kubectl("wait", "--for=condition=Established",
+                              "crd/workloadpriorityclasses.kueue.x-k8s.io",
+                              check=False).returncode == 0,
+        what="Kueue's WorkloadPriorityClass CRD established",
+    )  # fmt: skip
+    check = tools.kubectl("apply", "--dry-run=server", "-f", "-",
+                          stdin=yaml.safe_dump_all(classes), check=False)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    tools.kubectl("delete", "crd", "workloadpriorityclasses.kueue.x-k8s.io")
+    config = next(d for d in documents if d["kind"] == "ConfigMap"
+                  and d["metadata"]["name"] == "kubetrain-config")  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(config["data"]["config.yaml"])
+    settings = load_settings(path, environ={})
+    assert settings.kueue_enabled and settings.kueue_default_queue == "team-a"
+    assert settings.kueue_priority_classes["high"] == "kubetrain-high"
+    off = tools.helm("template", "t", str(CHART), "--kube-version", "1.36.3").stdout
+    assert "WorkloadPriorityClass" not in off and "kueueEnabled: false" in off

@@ -1,7 +1,8 @@
 """``python -m kubetrain.localcluster up|down|status``: the local cluster from a shell.
 
 ``up`` starts the control plane, then the node agent (an A100 node, an H100 node and a
-CPU node whose Pods run as local processes); ``down`` stops the agent, the containers it
+CPU node whose Pods run as local processes), and with ``--kueue`` Kueue with the queues of
+``examples/kueue/queues.yaml``; ``down`` stops the agent, the containers it
 runs, then the control plane, each by its recorded PID.
 """
 
@@ -12,12 +13,13 @@ import json
 import sys
 from pathlib import Path
 
+from kubetrain.localcluster import kueue
 from kubetrain.localcluster.controlplane import STATE_FILE, ClusterError, ControlPlane
 from kubetrain.localcluster.nodeagent import STORAGE_CLASS, daemon, default_pool
 from kubetrain.localcluster.processes import pid_is, stop_extras
 
 
-def _up(workdir: Path, timeout: float) -> int:
+def _up(workdir: Path, timeout: float, with_kueue: bool = False) -> int:
     if _running(workdir):
         print(f"the local cluster in {workdir} is already running; `make cluster-down` stops it")
         return 0
@@ -27,8 +29,11 @@ def _up(workdir: Path, timeout: float) -> int:
     try:
         cluster.start(timeout=timeout)
         daemon.start(workdir, cluster.kubeconfig, cluster.log_dir / "nodeagent.log", timeout)
+        if with_kueue:
+            kueue.start_recorded(cluster, timeout)
     except (ClusterError, daemon.AgentStartError) as err:
         print(f"error: {err}", file=sys.stderr)
+        stop_extras(workdir)
         daemon.stop(workdir)
         cluster.stop()
         return 1
@@ -55,6 +60,10 @@ def _explain(cluster: ControlPlane, workdir: Path) -> None:
     print(
         f"  try:        bin/kubectl --kubeconfig {kubeconfig} get nodes -L nvidia.com/gpu.product"
     )
+    if kueue.recorded(workdir):
+        print("  kueue:      running, with ClusterQueue training and LocalQueue default/gpus")
+        print("              (examples/kueue/queues.yaml); `make demo` runs the operator with")
+        print("              its Kueue integration on: try examples/kueue-tiny-lora.yaml")
     print("  stop it:    make cluster-down")
 
 
@@ -86,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--dir", type=Path, default=Path(".cluster"), help="state directory")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
+    parser.add_argument("--kueue", action="store_true", help="also start Kueue (with `up`)")
     args = parser.parse_args(argv)
     workdir = args.dir.resolve()
     if args.command == "up":
-        return _up(workdir, args.timeout)
+        return _up(workdir, args.timeout, with_kueue=args.kueue)
     if args.command == "down":
         return _down(workdir)
     return _status(workdir)

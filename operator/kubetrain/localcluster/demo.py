@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import Phase
 from kubetrain.cli import views
 from kubetrain.cli.term import Style
-from kubetrain.localcluster import find_binary
+from kubetrain.localcluster import find_binary, kueue
 from kubetrain.localcluster.controlplane import repo_root
 from kubetrain.localcluster.pki import report_channel_flags
 from kubetrain.localcluster.ports import free_ports
@@ -109,7 +110,15 @@ def start_operator(workdir: Path, kubeconfig: Path) -> None:
         "2",
         *report_channel_flags(workdir / "report-channel-tls", port),
     ]
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = dict(os.environ)
+    if (queues := kueue.recorded(workdir)) is not None:  # `make cluster-up KUEUE=1`
+        env |= {
+            "KUBETRAIN_KUEUE_ENABLED": "true",
+            "KUBETRAIN_KUEUE_VISIBILITY_URL": queues["visibilityUrl"],
+        }
+    process = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     record_extra(workdir, "operator", process.pid, sys.executable)
 
 

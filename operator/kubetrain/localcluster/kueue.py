@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -34,9 +35,9 @@ import yaml
 
 from kubetrain.api.base import GROUP, KIND, VERSION
 from kubetrain.localcluster import pki
-from kubetrain.localcluster.controlplane import ClusterError, ControlPlane, find_binary
+from kubetrain.localcluster.controlplane import ClusterError, ControlPlane, find_binary, repo_root
 from kubetrain.localcluster.ports import LOOPBACK, free_ports
-from kubetrain.localcluster.processes import Process, record_extra, tail
+from kubetrain.localcluster.processes import Process, record_extra, running_extra, tail
 
 NAMESPACE = "kueue-system"
 WEBHOOK_CONFIGURATIONS = {
@@ -101,6 +102,42 @@ def local_webhooks(manifest: str, port: int, ca_pem: bytes) -> list[dict[str, An
         doc["webhooks"] = kept
         out.append(doc)
     return out
+
+
+RECORD = "kueue.json"
+"""In a ``cluster-up`` workdir: where the recorded Kueue's visibility API listens."""
+
+
+def priority_classes() -> list[dict[str, Any]]:
+    """kubetrain's WorkloadPriorityClasses, as the chart makes them (kueue.priorityClasses)."""
+    return [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+         "metadata": {"name": f"kubetrain-{name}"}, "value": value}
+        for name, value in (("high", 1000), ("normal", 100), ("low", 10))
+    ]  # fmt: skip
+
+
+def start_recorded(cluster: ControlPlane, timeout: float) -> Kueue:
+    """``make cluster-up KUEUE=1``: Kueue outliving this process (stopped by its recorded
+    PID on ``cluster-down``), with the queues of examples/kueue/queues.yaml."""
+    running = Kueue(cluster, tie_to_parent=False)
+    running.start(timeout)
+    queues = repo_root() / "examples" / "kueue" / "queues.yaml"
+    running.kubectl("apply", "-f", str(queues))
+    running.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(priority_classes()))
+    record = {"visibilityUrl": running.visibility_url}
+    (cluster.workdir / RECORD).write_text(json.dumps(record))
+    return running
+
+
+def recorded(workdir: Path) -> dict[str, str] | None:
+    """What ``start_recorded`` wrote, while that Kueue still runs."""
+    if not running_extra(workdir, "kueue"):
+        return None
+    try:
+        return dict(json.loads((workdir / RECORD).read_text()))
+    except FileNotFoundError:
+        return None
 
 
 class Kueue:
