@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml hack/requirements.lock hack/install-python.sh
 	@PYTHON=$(PYTHON) bash hack/install-python.sh
 	@touch $@
 
-binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm into bin/ from hack/tools/ (cached by lock)
+binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm, kueue into bin/ from hack/tools/ (cached by lock)
 	@bash hack/build-binaries.sh
 
 test: lint ## every test tier (the README's test command)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 steps=(
   "system|Debian packages the tests use (tmux, Prometheus)"
   "venv|.venv from hack/requirements.lock (hashes checked), the package installed editable"
-  "binaries|etcd, Kubernetes and helm built from the locked modules in hack/tools/ into bin/"
+  "binaries|etcd, Kubernetes, helm and Kueue built from the locked modules in hack/tools/ into bin/"
 )
 started=$SECONDS
 summary=()

@@ -86,6 +86,7 @@ HELM_MODULE = "helm.sh/helm/" + V["HELM_VERSION"].split(".")[0]
         ),
         ("etcd", "go.etcd.io/etcd/server/v3", V["ETCD_VERSION"], {"go.etcd.io/etcd/server/v3"}),
         ("helm", HELM_MODULE, V["HELM_VERSION"], {f"{HELM_MODULE}/cmd/helm"}),
+        ("kueue", "sigs.k8s.io/kueue", V["KUEUE_VERSION"], {"sigs.k8s.io/kueue/cmd/kueue"}),
     ],
 )
 def test_each_tool_lock_requires_exactly_the_version_in_versions_env(
@@ -131,6 +132,17 @@ def test_built_kubectl_etcd_and_helm_report_the_pinned_releases() -> None:
         "ETCD_VERSION"
     ].removeprefix("v")
     assert run_bin("helm", "version", "--template", "{{.Version}}") == V["HELM_VERSION"]
+
+
+def test_kueue_comes_with_the_crds_and_webhooks_of_its_release() -> None:
+    """bin/kueue-manifests is copied from the module version the binary was built from."""
+    assert (BIN / ".kueue.key").read_text().startswith("kueue-")
+    workloads = (BIN / "kueue-manifests" / "crd" / "kueue.x-k8s.io_workloads.yaml").read_text()
+    assert "name: v1beta2" in workloads  # the API version the operator speaks
+    assert (
+        "/mutate-kueue-x-k8s-io-v1beta2-workload"
+        in (BIN / "kueue-manifests" / "webhooks.yaml").read_text()
+    )
 
 
 def python_lock() -> dict[str, tuple[str, int]]:
