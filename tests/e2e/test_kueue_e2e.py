@@ -301,7 +301,7 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoin
     high.create(gpu_job(high.name, queues.local_queue, priority="high", samples=64, epochs=1))
 
     def requeued(status: dict[str, Any]) -> bool:
-        queued = _condition(status, "Queued")
+        queued = _condition(status, "Queued")  # the reason stays until admitted again
         return status.get("phase") == "Queued" and queued.get("reason") == "Preempted"
 
     preempted = low.until(requeued, "Preempted and back in the queue")

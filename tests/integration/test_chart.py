@@ -217,7 +217,9 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     tools.helm("uninstall", "kubetrain", "-n", NS)
     assert tools.kubectl("get", "deployment", "kubetrain", "-n", NS, check=False).returncode != 0
     assert tools.get("crd", "trainingjobs.kubetrain.io")  # kept: the jobs survive
-    assert len(tools.get("trainingjobs", "-n", "ml")["items"]) == 4
+    assert len(tools.get("trainingjobs", "-n", "ml")["items"]) == len(
+        list((ROOT / "examples").glob("*.yaml"))
+    )
 
 
 def test_the_kueue_values_turn_the_integration_on_with_valid_priority_classes(

@@ -222,3 +222,18 @@ def test_the_operator_refuses_to_start_without_the_trainer_policy(
     finally:
         operator.stop()
         subprocess.run([*kubectl, "apply", "-f", policy], check=True, capture_output=True)
+
+
+def test_the_operator_refuses_to_start_with_kueue_on_where_kueue_is_not_installed(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    operator = OperatorProcess(plane.kubeconfig, operator_config(tmp_path), tmp_path / "op.log")
+    os.environ["KUBETRAIN_KUEUE_ENABLED"] = "true"
+    try:
+        operator.start()
+        assert operator.process is not None
+        assert operator.process.wait(60) != 0
+        assert "does not serve Kueue's Workloads (kueue.x-k8s.io/v1beta2)" in operator.tail()
+    finally:
+        del os.environ["KUBETRAIN_KUEUE_ENABLED"]
+        operator.stop()

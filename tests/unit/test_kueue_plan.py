@@ -89,6 +89,8 @@ def test_once_the_workers_have_checkpointed_the_quota_goes_back_and_the_job_requ
     waiting = workload(pending_reason="Pending", pending_message="waiting")
     again = decide(job(p.status.model_dump(by_alias=True, mode="json")), [], waiting)
     assert again.create == [] and again.status.phase is Phase.QUEUED
+    held = again.status.condition("Queued")  # still says why it waits again
+    assert held is not None and held.reason == "Preempted" and "step-40" in held.message
     readmitted = decide(job(again.status.model_dump(by_alias=True, mode="json")), [], ADMITTED)
     assert readmitted.create == [0, 1] and readmitted.resume_from == "latest"
 

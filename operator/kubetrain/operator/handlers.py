@@ -67,6 +67,13 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
             "installed: it holds each trainer to its own Pod. Install it with the chart, or "
             "kubectl apply -f config/trainer-policy.yaml"
         )
+    if operator_settings.kueue_enabled and not cluster.serves_workloads():
+        # Its Workload watch would never sync, and no job would be reconciled.
+        raise kopf.PermanentError(
+            "kueueEnabled is set, but the API server does not serve Kueue's Workloads "
+            "(kueue.x-k8s.io/v1beta2): install Kueue v0.17 or later, or turn the integration "
+            "off (chart value kueue.enabled)"
+        )
     controller = Controller(cluster, operator_settings, workers=workers)
     memo["controller"] = controller
     channel = operator_settings.report_channel_listen

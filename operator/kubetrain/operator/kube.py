@@ -277,6 +277,18 @@ class Cluster:
 
     # -- Kueue ---------------------------------------------------------------------------
 
+    def serves_workloads(self) -> bool:
+        """Whether the API server serves Kueue's Workloads (kueue.x-k8s.io/v1beta2)."""
+        try:
+            self.custom.list_cluster_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, limit=1, _request_timeout=TIMEOUT
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     def create_workload(self, manifest: JSON) -> JSON | None:
         """Create a job's Workload; None when one of that name exists already."""
         meta = manifest["metadata"]

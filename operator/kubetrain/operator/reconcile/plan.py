@@ -718,7 +718,17 @@ class _Planner:
         where = f"LocalQueue {self.queue}"
         if self.st.queue is not None and self.st.queue.cluster_queue:
             where += f" (ClusterQueue {self.st.queue.cluster_queue})"
-        self.phase(Phase.QUEUED, reason, f"waiting in {where}: {message}")
+        message = f"waiting in {where}: {message}"
+        held = self.st.condition("Queued")
+        if self.st.phase is Phase.QUEUED and held is not None and held.reason == "Preempted":
+            # Still the preempted job until Kueue admits it again: the reason says so.
+            latest, wl = self.st.latest_checkpoint, self.wl
+            reason = "Preempted"
+            message += "; preempted" + (
+                f" for TrainingJob {wl.preemptor}" if wl and wl.preemptor else ""
+            )
+            message += f", resumes from checkpoint {latest}" if latest else ""
+        self.phase(Phase.QUEUED, reason, message)
 
     def _evicted(self, wl: WorkloadView) -> Plan:
         """Kueue evicted the admitted Workload (preemption, a quota change, deactivation):
