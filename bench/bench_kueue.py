@@ -34,7 +34,7 @@ from kubernetes import client, config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import operator_metrics  # noqa: E402
+from benchlib import operator_argv, operator_metrics  # noqa: E402
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetrain.api.children import LABEL_JOB  # noqa: E402
@@ -252,20 +252,7 @@ def main() -> int:
                 "KUBETRAIN_KUEUE_VISIBILITY_URL": kueue.visibility_url,
             }
             operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kubetrain",
-                    "--kubeconfig",
-                    str(plane.kubeconfig),
-                    "--standalone",
-                    "--liveness",
-                    "",
-                    "--metrics-port",
-                    str(metrics_port),
-                    "--report-interval-seconds",
-                    "2",
-                ],
+                operator_argv(plane.kubeconfig, metrics_port, "--report-interval-seconds", "2"),
                 stdout=(Path(tmp) / "operator.log").open("wb"),
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

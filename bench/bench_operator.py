@@ -31,7 +31,7 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import job, operator_metrics  # noqa: E402
+from benchlib import job, operator_argv, operator_metrics  # noqa: E402
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetrain.api.report import ANNOTATION  # noqa: E402
@@ -191,20 +191,7 @@ def main() -> int:
         (metrics_port,) = free_ports(1)
         log = Path(tmp) / "operator.log"
         operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubetrain",
-                "--kubeconfig",
-                str(plane.kubeconfig),
-                "--standalone",
-                "--liveness",
-                "",
-                "--metrics-port",
-                str(metrics_port),
-                "--workers",
-                str(args.workers),
-            ],
+            operator_argv(plane.kubeconfig, metrics_port, "--workers", str(args.workers)),
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             cwd=ROOT,

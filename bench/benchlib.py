@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from kubetrain.api.base import GROUP, VERSION
@@ -40,3 +42,11 @@ def operator_metrics(port: int) -> dict[str, float]:
         elif line.startswith("kubetrain_pushed_reports_total{"):
             out["pushed"] = out.get("pushed", 0.0) + float(line.rsplit(" ", 1)[1])
     return out
+
+
+def operator_argv(kubeconfig: Path, metrics_port: int, *more: str) -> list[str]:
+    """The operator as the benchmarks run it: one standalone replica, metrics on loopback."""
+    return [
+        sys.executable, "-m", "kubetrain", "--kubeconfig", str(kubeconfig), "--standalone",
+        "--liveness", "", "--metrics-port", str(metrics_port), *more,
+    ]  # fmt: skip

@@ -178,28 +178,28 @@ class Cluster:
 
         StaleError when the job changed since, GoneError when it no longer exists.
         """
-        meta = job["metadata"]
+        return self._replace_status(GROUP, VERSION, PLURAL, job)
+
+    def _replace_status(self, group: str, version: str, plural: str, body: JSON) -> JSON:
+        """PUT ``body``'s status subresource: StaleError on a conflict, GoneError when the
+        object no longer exists."""
+        meta = body["metadata"]
+        where = f"{meta['namespace']}/{meta['name']}"
         self._count("update")
         try:
-            result = cast(
+            return cast(
                 JSON,
                 self.custom.replace_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    meta["namespace"],
-                    PLURAL,
-                    meta["name"],
-                    job,
+                    group, version, meta["namespace"], plural, meta["name"], body,
                     _request_timeout=TIMEOUT,
                 ),
-            )
+            )  # fmt: skip
         except ApiException as err:
             if err.status == 404:
-                raise GoneError(f"{meta['namespace']}/{meta['name']}") from None
+                raise GoneError(f"{plural} {where}") from None
             if err.status == 409:
-                raise StaleError(f"{meta['namespace']}/{meta['name']}: {err.reason}") from None
+                raise StaleError(f"{plural} {where}: {err.reason}") from None
             raise
-        return result
 
     def get_job(self, namespace: str, name: str) -> JSON | None:
         """The job as stored now, or None once it is gone."""
@@ -323,27 +323,7 @@ class Cluster:
 
     def replace_workload_status(self, body: JSON) -> JSON:
         """Write a Workload's status guarded by its resourceVersion (StaleError, GoneError)."""
-        meta = body["metadata"]
-        self._count("update")
-        try:
-            return cast(
-                JSON,
-                self.custom.replace_namespaced_custom_object_status(
-                    KUEUE_GROUP,
-                    KUEUE_VERSION,
-                    meta["namespace"],
-                    WORKLOADS,
-                    meta["name"],
-                    body,
-                    _request_timeout=TIMEOUT,
-                ),
-            )
-        except ApiException as err:
-            if err.status == 404:
-                raise GoneError(f"Workload {meta['namespace']}/{meta['name']}") from None
-            if err.status == 409:
-                raise StaleError(f"Workload {meta['namespace']}/{meta['name']}") from None
-            raise
+        return self._replace_status(KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, body)
 
     def get_workload(self, namespace: str, name: str) -> JSON | None:
         self._count("get")
