@@ -1,9 +1,12 @@
-"""spec.training.reportTo: TensorBoard event files that TensorBoard's own reader loads, and an
-MLflow run on a real tracking server on loopback, continued across a resume."""
+"""spec.training.reportTo: TensorBoard event files that TensorBoard's own reader loads, an
+MLflow run on a real tracking server on loopback, and a Weights & Biases run (offline, on the
+volume, read back with W&B's own record definitions), each continued across a resume."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 import urllib.request
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb.proto import wandb_internal_pb2
 
 from kubetrain.localcluster.ports import free_ports
 from kubetrain.trainer.trackers import Trackers
@@ -102,6 +106,64 @@ def test_without_a_tracking_uri_mlflow_is_skipped_and_training_goes_on(tmp_path:
     trackers = Trackers(["mlflow"], tmp_path, "llama", "nlp")
     assert trackers.active == []
     steps(trackers, 1, 1)  # nothing to do, nothing raised
+
+
+def wandb_history(run_file: Path) -> list[dict[str, Any]]:
+    """The history rows of a W&B run file: a log of length-prefixed chunks in 32 KiB blocks
+    after a 7-byte header, each record a ``wandb_internal_pb2.Record``."""
+    data, block = run_file.read_bytes(), 32768
+    assert data[:4] == b":W&B", "not a W&B run file"
+    rows, pos, pending = [], 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                items = record.history.item
+                rows.append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+                )
+        elif kind in (2, 3):
+            pending += chunk
+    return rows
+
+
+def test_wandb_gets_one_run_per_job_that_a_resume_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no W&B server here: the run stays on the volume
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    first = Trackers(["wandb"], tmp_path, "llama", "nlp")
+    assert len(first.active) == 1
+    steps(first, 1, 3)
+    first.close()
+    resumed = Trackers(["wandb"], tmp_path, "llama", "nlp")  # the next attempt, same volume
+    steps(resumed, 4, 5)
+    resumed.close()
+    run_id = (tmp_path / "wandb-run-id").read_text()
+    runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(runs) == 2, "both attempts wrote to the job's one run"
+    history = [row for run in runs for row in wandb_history(run)]
+    assert [(row["_step"], round(row["loss"], 6)) for row in history] == [
+        (1, 2.9), (2, 2.8), (3, 2.7), (4, 2.6), (5, 2.5)
+    ]  # fmt: skip
+    assert all("note" not in row and "done" not in row for row in history)
+
+
+def test_without_an_api_key_wandb_is_skipped_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    trackers = Trackers(["wandb"], tmp_path, "llama", "nlp")
+    assert trackers.active == []
+    steps(trackers, 1, 1)
 
 
 def test_the_lora_trainer_reports_its_steps_to_tensorboard(

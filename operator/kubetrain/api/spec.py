@@ -500,6 +500,7 @@ class Tracker(StrEnum):
 
     TENSORBOARD = "tensorboard"
     MLFLOW = "mlflow"
+    WANDB = "wandb"
 
 
 class TrainingParams(SpecModel):
@@ -510,12 +511,15 @@ class TrainingParams(SpecModel):
     )
     report_to: list[Tracker] = Field(
         default_factory=list,
-        max_length=2,
+        max_length=3,
         description=(
             "Experiment trackers the trainer also reports every step's metrics to: "
-            "tensorboard (event files in tensorboard/ on the checkpoint volume) and mlflow "
+            "tensorboard (event files in tensorboard/ on the checkpoint volume), mlflow "
             "(one run per job at MLFLOW_TRACKING_URI, set with spec.env; "
-            "MLFLOW_EXPERIMENT_NAME or the namespace names the experiment). A resumed attempt "
+            "MLFLOW_EXPERIMENT_NAME or the namespace names the experiment) and wandb (one "
+            "Weights & Biases run per job: WANDB_API_KEY from a Secret in spec.env, "
+            "WANDB_PROJECT or the namespace, WANDB_BASE_URL for a self-hosted server; "
+            "WANDB_MODE=offline keeps it on the checkpoint volume). A resumed attempt "
             "continues the same run. Empty: none."
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},

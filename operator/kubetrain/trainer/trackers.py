@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_RUN_FILE = "mlflow-run-id"
+WANDB_RUN_FILE = "wandb-run-id"
 
 
 class Tracker(Protocol):
@@ -85,6 +87,45 @@ class MLflow:
         self.client.set_terminated(self.run_id)
 
 
+class WandB:
+    """Metrics into one Weights & Biases run per job: ``WANDB_API_KEY`` (from a Secret, in
+    spec.env), ``WANDB_PROJECT`` (default: the job's namespace), ``WANDB_ENTITY`` and
+    ``WANDB_BASE_URL`` (a self-hosted server) as W&B reads them. The run (named after the
+    job, its files under ``<volume>/wandb``) survives a resume: its id is kept on the volume.
+    ``WANDB_MODE=offline`` keeps everything on the volume, for ``wandb sync`` later."""
+
+    def __init__(self, volume: Path, job: str, namespace: str) -> None:
+        import wandb  # noqa: PLC0415 - only when asked
+
+        offline = os.environ.get("WANDB_MODE") in ("offline", "disabled")
+        if not offline and not os.environ.get("WANDB_API_KEY"):
+            raise ValueError(
+                "spec.training.reportTo wandb needs WANDB_API_KEY in spec.env (from a Secret), "
+                "or WANDB_MODE=offline to keep the run on the checkpoint volume"
+            )
+        saved = volume / WANDB_RUN_FILE
+        run_id = saved.read_text().strip() if saved.is_file() else secrets.token_hex(4)
+        saved.write_text(run_id)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or namespace or "kubetrain",
+            name=job,
+            id=run_id,
+            resume="allow",
+            dir=str(volume),
+            tags=["kubetrain"],
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+_TRACKERS: dict[str, Any] = {"tensorboard": None, "mlflow": MLflow, "wandb": WandB}
+
+
 class Trackers:
     """The trackers a job asked for; a tracker that fails is logged and dropped, never
     allowed to stop training."""
@@ -94,7 +135,9 @@ class Trackers:
         for name in names:
             try:
                 self.active.append(
-                    TensorBoard(volume) if name == "tensorboard" else MLflow(volume, job, namespace)
+                    TensorBoard(volume)
+                    if name == "tensorboard"
+                    else _TRACKERS[name](volume, job, namespace)
                 )
             except Exception as err:
                 log.warning("cannot report to %s: %s", name, err)
