@@ -28,7 +28,8 @@ ADMITTED = workload(quota_reserved=True, admitted=True, cluster_queue="gpus",
 
 
 def decide(j: Any, pods: list[PodView], wl: kueue.WorkloadView | None = None, **more: Any) -> Plan:
-    lookups = Lookups(queue="team-a", workload=wl, workload_digest=DIGEST, **more)
+    desired = {"metadata": {"annotations": {kueue.ANNOTATION_SHAPE: DIGEST}}}
+    lookups = Lookups(queue="team-a", workload=wl, desired_workload=desired, **more)
     return plan(j, pods, now=NOW, settings=SETTINGS, lookups=lookups)
 
 

@@ -74,7 +74,6 @@ class WorkloadView:
     """The uid of the job whose admission evicted this one, where Kueue names it."""
     preemptor: str = ""
     """The TrainingJob behind ``preemptor_uid`` (filled by the reconciler), if known."""
-    resource_version: str = ""
 
 
 def _conditions(body: JSON) -> dict[str, JSON]:
@@ -85,6 +84,12 @@ def _true(conditions: dict[str, JSON], kind: str) -> bool:
     return (conditions.get(kind) or {}).get("status") == "True"
 
 
+def digest_of(body: JSON | None) -> str:
+    """The pod-set digest a Workload body was made with ("" for none)."""
+    meta = (body or {}).get("metadata") or {}
+    return str((meta.get("annotations") or {}).get(ANNOTATION_SHAPE, ""))
+
+
 def view(body: JSON) -> WorkloadView:
     meta, status = body["metadata"], body.get("status") or {}
     conditions = _conditions(body)
@@ -92,31 +97,26 @@ def view(body: JSON) -> WorkloadView:
     flavors: dict[str, str] = {}
     for assignment in admission.get("podSetAssignments") or []:
         flavors.update(assignment.get("flavors") or {})
-    reserved = conditions.get("QuotaReserved") or {}
-    evicted = conditions.get("Evicted") or {}
-    preempted = conditions.get("Preempted") or {}
-    evicted_now = evicted.get("status") == "True"
-    found = _PREEMPTOR.search(str(preempted.get("message", ""))) if evicted_now else None
+    reserved = _true(conditions, "QuotaReserved")
+    pending = {} if reserved else conditions.get("QuotaReserved") or {}
+    evicted = (conditions.get("Evicted") or {}) if _true(conditions, "Evicted") else {}
+    preempted = str((conditions.get("Preempted") or {}).get("message", "")) if evicted else ""
+    found = _PREEMPTOR.search(preempted)
     return WorkloadView(
         name=meta["name"],
         uid=meta.get("uid", ""),
-        digest=(meta.get("annotations") or {}).get(ANNOTATION_SHAPE, ""),
+        digest=digest_of(body),
         deleting=bool(meta.get("deletionTimestamp")),
-        quota_reserved=reserved.get("status") == "True",
+        quota_reserved=reserved,
         admitted=_true(conditions, "Admitted"),
         finished=_true(conditions, "Finished"),
         cluster_queue=str(admission.get("clusterQueue", "")),
         flavors=flavors,
-        pending_reason=str(reserved.get("reason", "")) if reserved.get("status") != "True" else "",
-        pending_message=str(reserved.get("message", ""))
-        if reserved.get("status") != "True"
-        else "",
-        evicted_reason=str(evicted.get("reason", "")) if evicted_now else "",
-        evicted_message=str(preempted.get("message") or evicted.get("message", ""))
-        if evicted_now
-        else "",
+        pending_reason=str(pending.get("reason", "")),
+        pending_message=str(pending.get("message", "")),
+        evicted_reason=str(evicted.get("reason", "")),
+        evicted_message=preempted or str(evicted.get("message", "")),
         preemptor_uid=found.group("uid") if found else "",
-        resource_version=str(meta.get("resourceVersion", "")),
     )
 
 

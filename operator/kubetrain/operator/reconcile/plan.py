@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from kubetrain.api.children import checkpoint_claim_name, fetch_pod_name
 from kubetrain.api.fetch import fetch_sources
@@ -35,7 +36,7 @@ from kubetrain.api.status import (
     TrainingJobStatus,
     allocation_summary,
 )
-from kubetrain.operator.kueue import WorkloadView, workload_name
+from kubetrain.operator.kueue import WorkloadView, digest_of, workload_name
 from kubetrain.operator.render import Placement
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import (
@@ -111,8 +112,9 @@ class Lookups:
     """The job names a LocalQueue, but the operator's Kueue integration is off."""
     workload: WorkloadView | None = None
     """The job's Workload as last seen, if it has one."""
-    workload_digest: str = ""
-    """The digest of the Workload the job needs now (its workers, queue and priority)."""
+    desired_workload: dict[str, Any] | None = None
+    """The Workload the job needs now (its workers, queue and priority); one whose digest
+    differs is stale."""
     cluster_queue: str | None = None
     """The ClusterQueue behind ``queue``, where known."""
     position: int | None = None
@@ -678,7 +680,10 @@ class _Planner:
         if (
             wl is not None
             and not wl.deleting
-            and (wl.finished or (wl.digest != self.lookups.workload_digest and not active))
+            and (
+                wl.finished
+                or (wl.digest != digest_of(self.lookups.desired_workload) and not active)
+            )
         ):
             self.plan.workload = WorkloadAction(
                 "delete", "Replaced", "the job needs a new Workload"

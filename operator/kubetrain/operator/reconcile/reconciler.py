@@ -256,7 +256,7 @@ class Reconciler:
             for name in dict.fromkeys(decided.delete):
                 self.cluster.delete_pod(key[0], name)
             if decided.workload is not None:
-                retry = self._workload(key, job, decided.workload, lookups.queue)
+                retry = self._workload(key, decided.workload, lookups.desired_workload)
                 if retry is not None:
                     return retry
             if decided.placement is not None and (
@@ -459,7 +459,7 @@ class Reconciler:
 
     def _kueue(self, key: Key, job: TrainingJob) -> dict[str, Any]:
         """The Kueue facts of this pass (``Lookups`` fields): the job's LocalQueue, its
-        Workload as last seen, the digest of the Workload it needs, its queue position."""
+        Workload as last seen, the Workload it needs, its queue position."""
         named = (job.metadata.labels or {}).get(kueue.QUEUE_LABEL)
         if not self.settings.kueue_enabled:
             return {"kueue_off": bool(named)}
@@ -482,13 +482,11 @@ class Reconciler:
                 if by is not None:
                     meta = by["metadata"]
                     found = replace(found, preemptor=f"{meta['namespace']}/{meta['name']}")
-        desired = self._desired_workload(job, queue)
-        digest = desired["metadata"]["annotations"][kueue.ANNOTATION_SHAPE] if desired else ""
         waiting = found is not None and not found.admitted and not found.deleting
         return {
             "queue": queue,
             "workload": found,
-            "workload_digest": digest,
+            "desired_workload": self._desired_workload(job, queue),
             "cluster_queue": self._cluster_queue(key[0], queue),
             "position": self._position(key[0], queue, found.name) if waiting and found else None,
         }
@@ -570,11 +568,10 @@ class Reconciler:
                 return int(item.get("positionInLocalQueue", 0))
         return None
 
-    def _workload(self, key: Key, job: TrainingJob, action: Any, queue: str | None) -> float | None:
+    def _workload(self, key: Key, action: Any, desired: JSON | None) -> float | None:
         """Carry out the plan's Workload action; seconds to wait when it must be retried."""
         name = kueue.workload_name(key[1])
         if action.kind == "create":
-            desired = self._desired_workload(job, queue or "")
             if desired is None:
                 return None
             stored = self.cluster.create_workload(desired)
