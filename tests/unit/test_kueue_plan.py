@@ -96,6 +96,17 @@ def test_once_the_workers_have_checkpointed_the_quota_goes_back_and_the_job_requ
     assert readmitted.create == [0, 1] and readmitted.resume_from == "latest"
 
 
+def test_a_release_retried_after_a_conflict_counts_the_preemption_once() -> None:
+    wl = workload(quota_reserved=True, admitted=True, evicted_reason="Preempted",
+                  evicted_message="Preempted to accommodate a workload")  # fmt: skip
+    done = [pod(i, phase="Failed", exit_code=EXIT_STOPPED, deleting=True) for i in (0, 1)]
+    first = decide(job(dict(running(), phase="Stopping")), done, wl)
+    again = decide(job(first.status.model_dump(by_alias=True, mode="json")), done, wl)
+    assert again.workload == first.workload and again.workload is not None
+    assert again.status.queue is not None and again.status.queue.preemptions == 1
+    assert (again.status.restarts, again.status.attempt) == (1, 2)
+
+
 def test_suspending_deletes_the_workload_once_the_workers_stopped() -> None:
     suspended = job(running(), suspend=True)
     first = decide(suspended, [pod(0), pod(1)], ADMITTED)

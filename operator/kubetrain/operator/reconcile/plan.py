@@ -757,7 +757,8 @@ class _Planner:
             st.attempt += 1
             st.resumed_from = "latest"
         status = st.queue = st.queue or QueueStatus(name=self.queue or "")
-        status.preemptions += 1
+        if st.phase is not Phase.QUEUED:  # not when retrying a release that did not go through
+            status.preemptions += 1
         status.admitted, status.flavors = False, None
         status.message = f"evicted ({wl.evicted_reason}): {wl.evicted_message}"
         self.plan.workload = WorkloadAction("release", wl.evicted_reason, wl.evicted_message)
