@@ -23,6 +23,7 @@ from kubetrain.api.job import ObjectMeta, TrainingJob, validate_name
 from kubetrain.api.spec import (
     DEFAULT_LEARNING_RATE,
     GPU_TYPE_CPU,
+    PIPELINES,
     AccessMode,
     Augmentation,
     CheckpointConfig,
@@ -49,6 +50,7 @@ from kubetrain.api.spec import (
     TrainingJobSpec,
     TrainingParams,
     VisionConfig,
+    VisionPipeline,
     VisionTask,
 )
 from kubetrain.api.status import (
@@ -77,6 +79,7 @@ __all__ = [
     "KIND",
     "LIST_KIND",
     "MAX_NAME_LENGTH",
+    "PIPELINES",
     "PLURAL",
     "SHORT_NAMES",
     "SINGULAR",
@@ -122,6 +125,7 @@ __all__ = [
     "TrainingJobStatus",
     "TrainingParams",
     "VisionConfig",
+    "VisionPipeline",
     "VisionTask",
     "allocation_summary",
     "name_problems",

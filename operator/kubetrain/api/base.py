@@ -128,7 +128,7 @@ def immutable(path: str, why: str) -> Cel:
     )
 
 
-def _emit_model_rules(schema: dict[str, Any], cls: type[Any]) -> None:
+def emit_model_rules(schema: dict[str, Any], cls: type[Any]) -> None:
     rules = getattr(cls, "cel_rules", ())
     if rules:
         schema.setdefault("x-kubernetes-validations", []).extend(r.to_schema() for r in rules)
@@ -157,7 +157,7 @@ class SpecModel(CelChecked):
         alias_generator=camel,
         populate_by_name=True,
         protected_namespaces=(),
-        json_schema_extra=_emit_model_rules,
+        json_schema_extra=emit_model_rules,
     )
 
 

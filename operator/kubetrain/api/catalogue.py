@@ -7,10 +7,13 @@ GPU-hour. Platform teams replace or extend the defaults with a YAML file.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+if TYPE_CHECKING:
+    from kubetrain.api.spec import TrainingJobSpec
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -117,7 +120,11 @@ class Catalogue(BaseModel):
     gpu_types: dict[str, GPUType] = Field(default_factory=dict)
     replace_defaults: bool = False
     default_type: str = Field(
-        default="a100", description="The gpuType of jobs that do not name one."
+        default="a100",
+        description=(
+            "The gpuType of jobs that do not name one (vision pipelines default to their own "
+            "tier when the catalogue has it)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -128,6 +135,16 @@ class Catalogue(BaseModel):
 
     def get(self, key: str) -> GPUType | None:
         return self.gpu_types.get(key)
+
+    def gpu_type_for(self, spec: TrainingJobSpec) -> str:
+        """The gpuType a job runs on: its own, else its vision pipeline's tier when this
+        catalogue has that type, else the catalogue's default."""
+        if spec.resources.gpu_type:
+            return spec.resources.gpu_type
+        tier = spec.vision.default_gpu_type() if spec.vision is not None else None
+        if tier is not None and tier in self.gpu_types:
+            return tier
+        return self.default_type
 
     @property
     def names(self) -> list[str]:

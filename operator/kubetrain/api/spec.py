@@ -7,12 +7,13 @@ models, and the operator validates every object with them before acting on it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
-from kubetrain.api.base import Cel, SpecModel, immutable
+from kubetrain.api.base import Cel, SpecModel, emit_model_rules, immutable
 
 GPU_TYPE_CPU = "cpu"
 
@@ -105,6 +106,55 @@ class VisionTask(StrEnum):
     DETECTION = "detection"
     INSTANCE_SEGMENTATION = "instanceSegmentation"
     SEMANTIC_SEGMENTATION = "semanticSegmentation"
+
+
+class VisionPipeline(StrEnum):
+    """The managed-training pipelines a vision job can name instead of a task and model."""
+
+    CLASSIFICATION = "classification"
+    SM_PYTORCH = "sm_pytorch"
+    DETECTRON2 = "detectron2"
+    RFDETR_DETECTION = "rfdetr_detection"
+    RFDETR_SEGMENTATION = "rfdetr_segmentation"
+    YOLOX = "yolox"
+
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """What a pipeline fills in when the spec leaves it out: the task, the model, the GPU."""
+
+    task: VisionTask
+    architecture: str
+    gpu_type: str
+    large_gpu_type: str = ""
+    large: tuple[str, ...] = ()
+    """Architectures (name suffixes) that default to ``large_gpu_type`` instead."""
+
+    def gpu_type_for(self, architecture: str) -> str:
+        if self.large_gpu_type and architecture.lower().endswith(self.large):
+            return self.large_gpu_type
+        return self.gpu_type
+
+
+_RFDETR_LARGE = ("_large", "_xlarge", "_2xlarge")
+PIPELINES: dict[VisionPipeline, PipelineDefaults] = {
+    VisionPipeline.CLASSIFICATION: PipelineDefaults(VisionTask.CLASSIFICATION, "resnet50", "a10g"),
+    VisionPipeline.SM_PYTORCH: PipelineDefaults(
+        VisionTask.SEMANTIC_SEGMENTATION, "smp_unet_resnet34", "a10g"
+    ),
+    VisionPipeline.DETECTRON2: PipelineDefaults(
+        VisionTask.INSTANCE_SEGMENTATION, "maskrcnn_resnet50_fpn", "a100"
+    ),
+    VisionPipeline.RFDETR_DETECTION: PipelineDefaults(
+        VisionTask.DETECTION, "rfdetr_small", "a10g", "a100", _RFDETR_LARGE
+    ),
+    VisionPipeline.RFDETR_SEGMENTATION: PipelineDefaults(
+        VisionTask.INSTANCE_SEGMENTATION, "rfdetr_seg_small", "a10g", "a100", _RFDETR_LARGE
+    ),
+    VisionPipeline.YOLOX: PipelineDefaults(VisionTask.DETECTION, "fcos_cspdarknet_s", "a10g"),
+}
+"""Each pipeline's task, default architecture and GPU tier (a10g; a100 for Mask R-CNN and
+the large RF-DETRs), as the managed-training API they come from defaults them."""
 
 
 class MixedPrecision(StrEnum):
@@ -411,13 +461,70 @@ class ExportConfig(SpecModel):
     )
 
 
-class VisionConfig(SpecModel):
-    """What to train for modelType vision."""
+def _pipeline_task_rule() -> str:
+    tasks = ", ".join(f"'{p.value}': '{d.task.value}'" for p, d in PIPELINES.items())
+    return f"!has(self.pipeline) || !has(self.task) || {{{tasks}}}[self.pipeline] == self.task"
 
+
+VISION_MODEL_REQUIRED = (
+    "spec.vision needs a pipeline, or a task and an architecture "
+    "(spec.vision.task and spec.vision.architecture)"
+)
+
+
+def _vision_schema(schema: dict[str, Any], cls: type[Any]) -> None:
+    """task and architecture may be left to the pipeline: not required on the wire."""
+    emit_model_rules(schema, cls)
+    schema["required"] = [
+        r for r in schema.get("required", []) if r not in ("task", "architecture")
+    ]
+    if not schema["required"]:
+        del schema["required"]
+
+
+class VisionConfig(SpecModel):
+    """What to train for modelType vision: a pipeline, or a task and an architecture."""
+
+    model_config = SpecModel.model_config | {"json_schema_extra": _vision_schema}
+
+    cel_rules = (
+        Cel(
+            rule="has(self.pipeline) || (has(self.task) && has(self.architecture))",
+            message=VISION_MODEL_REQUIRED,
+            check=lambda v: v.pipeline is not None or bool(v.architecture),
+            reason="FieldValueRequired",
+        ),
+        Cel(
+            rule=_pipeline_task_rule(),
+            message=(
+                "spec.vision.task does not match spec.vision.pipeline: "
+                + ", ".join(f"{p.value} trains {d.task.value}" for p, d in PIPELINES.items())
+            ),
+            check=lambda v: v.pipeline is None or PIPELINES[v.pipeline].task is v.task,
+            field_path=".task",
+            reason="FieldValueInvalid",
+        ),
+    )
+
+    pipeline: Annotated[
+        VisionPipeline | None,
+        immutable("spec.vision.pipeline", "checkpoints only fit the model they came from"),
+    ] = Field(
+        default=None,
+        description=(
+            "A managed-training pipeline by name: classification (torchvision classifiers), "
+            "sm_pytorch (semantic segmentation on segmentation-models-pytorch), detectron2 "
+            "(instance segmentation, Mask R-CNN from torchvision), rfdetr_detection and "
+            "rfdetr_segmentation (RF-DETR, the rfdetr package), yolox (an anchor-free "
+            "one-stage detector on YOLOX's CSP-Darknet backbone; see docs/vision.md). It sets "
+            "task and the default architecture, and the default gpuType (a10g; a100 for "
+            "detectron2 and the large RF-DETRs). Immutable."
+        ),
+    )
     task: VisionTask = Field(
         description=(
             "What the model predicts: classification, detection, instanceSegmentation or "
-            "semanticSegmentation."
+            "semanticSegmentation. Unset: the pipeline's."
         )
     )
     architecture: Annotated[
@@ -429,8 +536,10 @@ class VisionConfig(SpecModel):
     ] = Field(
         description=(
             "Model architecture the trainer builds, e.g. resnet18, fcos_resnet50_fpn, "
-            "fasterrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, deeplabv3. An unknown "
-            "name fails the job with the list of supported ones. Immutable."
+            "fasterrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, deeplabv3, "
+            "smp_unet_resnet34, rfdetr_small, rfdetr_seg_small, fcos_cspdarknet_s. An unknown "
+            "name fails the job with the list of supported ones. Unset: the pipeline's "
+            "default. Immutable."
         )
     )
     pretrained: bool = Field(
@@ -469,6 +578,31 @@ class VisionConfig(SpecModel):
         default=None,
         description="Export the final model (ONNX) next to the checkpoints. Unset: no export.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_defaults(cls, data: Any) -> Any:
+        """Fill task and architecture from the pipeline when the spec leaves them out."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("pipeline") is None:
+            if data.get("task") is None or data.get("architecture") is None:
+                raise ValueError(VISION_MODEL_REQUIRED)
+            return data
+        try:
+            defaults = PIPELINES[VisionPipeline(data["pipeline"])]
+        except ValueError:
+            return data  # the field's own validation names the bad value
+        filled = dict(data)
+        filled.setdefault("task", defaults.task.value)
+        filled.setdefault("architecture", defaults.architecture)
+        return filled
+
+    def default_gpu_type(self) -> str | None:
+        """The pipeline's GPU tier for this architecture; None without a pipeline."""
+        if self.pipeline is None:
+            return None
+        return PIPELINES[self.pipeline].gpu_type_for(self.architecture)
 
 
 # -- training, hardware, lifecycle ------------------------------------------------------------
@@ -600,7 +734,8 @@ class ResourcesConfig(SpecModel):
         description=(
             "A key of the operator's GPU catalogue (e.g. a100, h100, v100, rtx4090, a10g, l4), "
             "or cpu to run without GPUs. The operator rejects keys its catalogue lacks. "
-            "Unset: the catalogue's default."
+            "Unset: the vision pipeline's tier (a10g; a100 for detectron2 and large RF-DETRs) "
+            "when the catalogue has it, else the catalogue's default."
         ),
     )
     gpus_per_worker: int = Field(

@@ -321,7 +321,7 @@ def _image_and_command(spec: TrainingJobSpec, settings: Settings) -> tuple[str, 
     if spec.model_type is ModelType.VISION:
         image, command = images.vision, images.vision_command
     elif spec.model_type is ModelType.MULTIMODAL:
-        image, command = images.multimodal, images.llm_command
+        image, command = images.multimodal, images.multimodal_command
     else:
         image, command = images.llm, images.llm_command
     return spec.image or image, list(spec.command) or list(command)

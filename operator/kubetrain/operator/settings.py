@@ -29,6 +29,9 @@ class TrainerImages(BaseModel):
     vision_command: list[str] = Field(
         default_factory=lambda: ["python", "-m", "kubetrain.trainer.vision"]
     )
+    multimodal_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "kubetrain.trainer.multimodal"]
+    )
     pull_policy: str = "IfNotPresent"
 
 

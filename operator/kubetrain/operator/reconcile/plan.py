@@ -216,7 +216,7 @@ class _Planner:
             return self._finished()
 
         catalogue = self.settings.catalogue
-        gpu_type = spec.resources.gpu_type or catalogue.default_type
+        gpu_type = catalogue.gpu_type_for(spec)
         entry = catalogue.get(gpu_type)
         if entry is None:
             return self.fail(

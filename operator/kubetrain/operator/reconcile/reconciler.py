@@ -494,7 +494,7 @@ class Reconciler:
     def _desired_workload(self, job: TrainingJob, queue: str) -> JSON | None:
         """The Workload the job needs now: its workers as they would be created."""
         catalogue = self.settings.catalogue
-        gpu_type = job.spec.resources.gpu_type or catalogue.default_type
+        gpu_type = catalogue.gpu_type_for(job.spec)
         entry = catalogue.get(gpu_type)
         if entry is None:
             return None  # the plan fails the job for it
@@ -755,7 +755,7 @@ def job_sample(job: TrainingJob, status: TrainingJobStatus, settings: Settings) 
         namespace=job.metadata.namespace or "",
         job=job.metadata.name or "",
         model_type=job.spec.model_type.value,
-        gpu_type=job.spec.resources.gpu_type or settings.catalogue.default_type,
+        gpu_type=settings.catalogue.gpu_type_for(job.spec),
         phase=str(status.phase) if status.phase else "",
         values=values,
         throughput_unit=(figures.throughput_unit or "") if figures else "",
