@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kubetrain.trainer.runtime import TrainerError
 
@@ -24,6 +24,7 @@ SUPPORTED_FORMATS = ("jsonl", "json", "text")
 
 Record = dict[str, Any]
 Example = dict[str, list[int]]
+T = TypeVar("T")
 
 
 class DataError(TrainerError):
@@ -216,9 +217,7 @@ def _chat(messages: list[dict[str, str]], tokenizer: Tokenizer) -> tuple[list[in
     return ids, labels
 
 
-def split(
-    examples: list[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
+def split(examples: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """A seeded train/validation split; no validation set below 10 samples or at fraction 0."""
     count = int(len(examples) * fraction) if len(examples) >= 10 else 0
     if count == 0:

@@ -8,6 +8,7 @@ tests and throughput benchmarks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -107,7 +108,7 @@ def load_base(
     """The base model and its tokenizer, ready for adapters: from ``fetched`` (the fetch
     stage's copy of spec.llm.baseModel in the cache) when there is one."""
     source = str(fetched) if fetched is not None else llm.base_model
-    quantization = _four_bit(precision, cuda) if llm.strategy is Strategy.QLORA else None
+    quantization = four_bit(precision, cuda) if llm.strategy is Strategy.QLORA else None
     if source.startswith(RANDOM_SCHEME):
         if quantization is not None:
             raise ConfigError(f"spec.llm.baseModel {source}: qlora needs a pretrained model")
@@ -146,7 +147,7 @@ def _pretrained(
     return model, tokenizer
 
 
-def _four_bit(precision: Precision, cuda: bool) -> Any:
+def four_bit(precision: Precision, cuda: bool) -> Any:
     """4-bit NF4 quantisation of the frozen base (QLoRA): needs a GPU and bitsandbytes."""
     if not cuda:
         raise ConfigError("spec.llm.strategy qlora needs a CUDA GPU; use lora on CPU")
@@ -190,11 +191,12 @@ def random_model(
     return model, tokenizer
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A tokenizer with one token per byte plus <s>, </s> and <pad>: no training, no download."""
+def byte_tokenizer(extra_specials: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """A tokenizer with one token per byte plus <s>, </s>, <pad> and ``extra_specials`` (each
+    one token, e.g. a vision-language model's <image>): no training, no download."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
-    for special in ("<s>", "</s>", "<pad>"):
+    for special in ("<s>", "</s>", "<pad>", *extra_specials):
         vocab[special] = len(vocab)
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -203,20 +205,32 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
     )
     return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        **({"extra_special_tokens": list(extra_specials)} if extra_specials else {}),
     )
 
 
 def add_adapters(
-    model: PreTrainedModel, llm: LLMConfig, *, gradient_checkpointing: bool
+    model: PreTrainedModel,
+    llm: LLMConfig,
+    *,
+    gradient_checkpointing: bool,
+    default_targets: str | list[str] | None = None,
 ) -> nn.Module:
-    """Wrap the model with LoRA adapters (lora, qlora) or leave every weight trainable (full)."""
+    """Wrap the model with LoRA adapters (lora, qlora) or leave every weight trainable (full).
+
+    Adapters go on spec.llm.lora.targetModules, else on ``default_targets`` (peft's list or
+    regular expression), else on peft's default for the architecture."""
     lora = llm.effective_lora()
     if lora is None:
         return model
-    targets = list(lora.target_modules) or None
-    if targets:
-        check_target_modules(model, targets, llm.base_model)
+    named = list(lora.target_modules)
+    if named:
+        check_target_modules(model, named, llm.base_model)
+    targets = named or default_targets
     if llm.strategy is Strategy.QLORA:
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model,

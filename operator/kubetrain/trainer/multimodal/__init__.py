@@ -1,0 +1,1 @@
+"""The vision-language fine-tuning trainer (``spec.modelType: multimodal``)."""
