@@ -149,15 +149,17 @@ def launch(
     env: dict[str, str] | None = None,
     torchrun: int = 0,
     dataset: Path | None = None,
+    module: str = MODULE,
 ) -> TrainerRun:
-    """Start ``python -m kubetrain.trainer.lora`` (or under torchrun) like a Pod would."""
+    """Start ``python -m <module>`` (the LoRA trainer unless told) or it under torchrun, like
+    a Pod would."""
     directory.mkdir(parents=True, exist_ok=True)
     run_env = trainer_env(directory, job, dataset or workspace.dataset, env)
-    command = [sys.executable, "-m", MODULE]
+    command = [sys.executable, "-m", module]
     if torchrun:
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={torchrun}", "-m", MODULE,
+            f"--nproc-per-node={torchrun}", "-m", module,
         ]  # fmt: skip
     log = directory.parent / f"{directory.name}.log"
     with log.open("ab") as sink:
