@@ -173,18 +173,8 @@ def random_model(
             f"spec.llm.baseModel {RANDOM_SCHEME}{preset}: unknown preset; "
             f"choose one of {', '.join(RANDOM_SCHEME + p for p in RANDOM_PRESETS)}"
         )
-    tokenizer = byte_tokenizer(IDEFICS3_TOKENS)
-    images = Idefics3ImageProcessor(
-        do_image_splitting=False,
-        size={"longest_edge": shape.image_size},
-        max_image_size={"longest_edge": shape.image_size},
-    )
-    processor = Idefics3Processor(
-        image_processor=images,
-        tokenizer=tokenizer,
-        image_seq_len=shape.image_seq_len,
-        chat_template=CHAT_TEMPLATE,
-    )
+    processor = random_processor(preset)
+    tokenizer = processor.tokenizer
     ids = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -205,7 +195,7 @@ def random_model(
             "tie_word_embeddings": False,
         },
         scale_factor=shape.scale_factor,
-        image_token_id=int(tokenizer.convert_tokens_to_ids("<image>")),  # type: ignore[arg-type]
+        image_token_id=int(tokenizer.convert_tokens_to_ids("<image>")),
         tie_word_embeddings=False,
     )
     config._attn_implementation = attention
@@ -214,6 +204,24 @@ def random_model(
     model.to(dtype=dtype)  # type: ignore[call-arg]  # transformers' decorator hides the signature
     model.config._name_or_path = f"{RANDOM_SCHEME}{preset}"
     return model, processor
+
+
+def random_processor(preset: str) -> Idefics3Processor:
+    """The processor of a random preset: a byte-level tokenizer with Idefics3's image tokens
+    and a chat template, and an image processor at the preset's size (no tiling)."""
+    shape = RANDOM_PRESETS[preset]
+    tokenizer = byte_tokenizer(IDEFICS3_TOKENS)
+    images = Idefics3ImageProcessor(
+        do_image_splitting=False,
+        size={"longest_edge": shape.image_size},
+        max_image_size={"longest_edge": shape.image_size},
+    )
+    return Idefics3Processor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        image_seq_len=shape.image_seq_len,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def language_targets(model: nn.Module) -> str:
