@@ -16,6 +16,17 @@ their cost; every error it raises is a ``KubetrainError``::
         )
         done = client.wait_for_completion(job.metadata.name, timeout=6 * 3600)
         print(done.status.phase, done.status.metrics)
+
+A request written for a managed-training API converts as it is (``create_from_request``,
+or ``convert_request`` to see the TrainingJob first; docs/migrating.md has the mapping)::
+
+    client.create_from_request(
+        dataset_name="road-signs",
+        export_name="road-signs-20260512-120000",
+        pipeline_type="yolox",
+        config={"epochs": 50, "image_size": 640},
+        gpu_type="a10g",
+    )
 """
 
 from kubetrain.sdk.client import STOP_REASON_ANNOTATION, Client
@@ -29,6 +40,7 @@ from kubetrain.sdk.errors import (
     PollTimeoutError,
     ValidationError,
 )
+from kubetrain.sdk.migrate import ConversionWarning, ConvertedRequest, convert_request
 from kubetrain.sdk.query import SORT_KEYS, JobPage
 from kubetrain.sdk.results import Cancelled, JobEvent
 
@@ -40,6 +52,8 @@ __all__ = [
     "Cause",
     "Client",
     "ConflictError",
+    "ConversionWarning",
+    "ConvertedRequest",
     "CostEstimate",
     "JobEvent",
     "JobPage",
@@ -48,4 +62,5 @@ __all__ = [
     "PermissionDeniedError",
     "PollTimeoutError",
     "ValidationError",
+    "convert_request",
 ]

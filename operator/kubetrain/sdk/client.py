@@ -32,7 +32,7 @@ from kubetrain.api import (
 )
 from kubetrain.api.catalogue import Catalogue
 from kubetrain.api.status import SPEC_ERRORS
-from kubetrain.sdk import build, children, cost, download, query
+from kubetrain.sdk import build, children, cost, download, migrate, query
 from kubetrain.sdk.connection import connect
 from kubetrain.sdk.errors import (
     ConflictError,
@@ -168,6 +168,32 @@ class Client:
             },
         )
         return self.submit(manifest, wait=wait, timeout=timeout, poll_interval=poll_interval)
+
+    def create_from_request(
+        self,
+        request: Mapping[str, Any] | None = None,
+        /,
+        *,
+        namespace: str | None = None,
+        **fields: Any,
+    ) -> TrainingJob:
+        """Create a TrainingJob from a request written for a managed-training API.
+
+        Takes the old call's keywords (``dataset_name=``, ``pipeline_type=``, ``config=``,
+        ``gpu_type=``, ``wait=``...) or its JSON body (``modelType``, ``datasetId``,
+        ``config``, ``gpuType``, ``maxWorkers``...); see ``migrate.convert_request``.
+        Substitutions (an architecture kubetrain lacks) come as ``ConversionWarning``.
+        """
+        converted = migrate.convert_request(request, **fields)
+        for note in converted.notes:
+            warnings.warn(note, migrate.ConversionWarning, stacklevel=2)
+        return self.submit(
+            converted.manifest,
+            namespace=namespace,
+            wait=bool(converted.wait),
+            timeout=converted.timeout,
+            poll_interval=converted.poll_interval,
+        )
 
     def submit(
         self,
