@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +15,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from kubetrain.api import API_VERSION, LIST_KIND, TrainingJob
+from kubetrain.api import API_VERSION, LIST_KIND, Phase, TrainingJob
 from kubetrain.api.catalogue import Catalogue
 from kubetrain.cli import fmt, live, plot, views
 from kubetrain.cli.term import Style
-from kubetrain.sdk import Client, KubetrainError
+from kubetrain.sdk import Client, KubetrainError, build, convert_request
 from kubetrain.sdk import cost as costs
 
 RESOURCE = "trainingjob.kubetrain.io"
@@ -32,6 +33,7 @@ class Context:
     connect: Callable[[], Client]
     out: TextIO
     err: TextIO
+    stdin: TextIO = sys.stdin
 
     @property
     def style(self) -> Style:
@@ -115,6 +117,51 @@ def cmd_list(ctx: Context) -> int:
     if page.continue_token:
         ctx.err.write(f"more jobs: --continue {page.continue_token}\n")
     return 0
+
+
+def _read(source: str, stdin: TextIO) -> Any:
+    """The one JSON or YAML document in file ``source`` (``-``: standard input)."""
+    try:
+        text = stdin.read() if source == "-" else Path(source).read_text()
+        return yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise KubetrainError(f"cannot read {source}: {err}") from None
+
+
+def cmd_create(ctx: Context) -> int:
+    """A TrainingJob from a manifest, or from a request written for a managed-training API."""
+    args = ctx.args
+    loaded = _read(args.filename, ctx.stdin)
+    if not isinstance(loaded, dict):
+        raise KubetrainError(f"{args.filename} holds no object (a TrainingJob or a request)")
+    if "kind" in loaded:
+        job, request = build.validated(loaded), None
+    else:
+        request = convert_request(loaded)
+        job = request.job
+        for note in request.notes:
+            ctx.warn(note)
+    body = build.wire(job)
+    if args.dry_run:
+        if args.namespace:
+            body.setdefault("metadata", {})["namespace"] = args.namespace
+        emit(ctx, body)  # YAML unless -o json
+        return 0
+    wait = args.wait or bool(request and request.wait)
+    timeout = args.timeout or (request.timeout if request else None)
+    created = ctx.connect().submit(
+        body,
+        wait=wait,
+        timeout=timeout,
+        poll_interval=request.poll_interval if request else None,
+    )
+    if args.output:
+        emit(ctx, manifest(created))
+    elif wait and created.status.phase:
+        ctx.print(f"{RESOURCE}/{created.metadata.name} {created.status.phase.value.lower()}")
+    else:
+        ctx.print(f"{RESOURCE}/{created.metadata.name} created")
+    return 1 if created.status.phase is Phase.FAILED else 0
 
 
 def cmd_describe(ctx: Context) -> int:

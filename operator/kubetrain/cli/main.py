@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Work with kubetrain TrainingJobs: list, describe, watch, stop, resume "
-        "and cancel them, read their logs and checkpoints, estimate what they cost.",
+        description="Work with kubetrain TrainingJobs: create, list, describe, watch, stop, "
+        "resume and cancel them, read their logs and checkpoints, estimate what they cost.",
     )
     _connection_flags(parser, top=True)
     subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
@@ -89,6 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--sort", choices=list(SORT_KEYS), help="order by (reads every job)")
     listing.add_argument("--order", choices=["asc", "desc"], default="asc")
     _output(listing, ("json", "yaml", "wide", "name"))
+
+    create = _sub(
+        subparsers,
+        "create",
+        commands.cmd_create,
+        "create a job from a TrainingJob manifest, or from a request written for a "
+        "managed-training API (its JSON body or keywords; see docs/migrating.md)",
+    )
+    create.add_argument(
+        "-f", "--filename", required=True, help="JSON or YAML file, - for standard input"
+    )
+    create.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the TrainingJob that would be created (no cluster needed)",
+    )
+    create.add_argument("--wait", action="store_true", help="return once it Completed or Failed")
+    create.add_argument(
+        "--timeout", type=float, help="with --wait: give up after this many seconds"
+    )
+    _output(create)
 
     describe = _sub(
         subparsers,
@@ -178,7 +199,11 @@ def _error_text(err: KubetrainError) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
 ) -> int:
     """Run one command; the console script ``kubectl-train`` calls this."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
@@ -190,7 +215,7 @@ def main(
             clients.append(Client(args.kubeconfig, args.context, args.namespace))
         return clients[0]
 
-    ctx = commands.Context(args=args, connect=connect, out=out, err=err)
+    ctx = commands.Context(args=args, connect=connect, out=out, err=err, stdin=stdin or sys.stdin)
     try:
         code: int = args.command(ctx)
     except KubetrainError as error:
