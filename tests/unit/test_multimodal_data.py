@@ -3,10 +3,13 @@ the five-sample rule, and the labels (the assistant's answer only) the model tra
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import Idefics3Processor
@@ -247,3 +250,28 @@ def test_the_collator_pads_labels_and_joins_images_of_different_counts(
     assert batch["pixel_values"].shape == (2, 2, 3, 32, 32)
     assert torch.count_nonzero(batch["pixel_values"][0, 1]) == 0  # a padding image, dropped
     assert batch["pixel_attention_mask"].shape == (2, 2, 32, 32)
+
+
+def test_a_hub_parquet_file_with_embedded_images_reads_like_jsonl(tmp_path: Path) -> None:
+    """A hub image dataset as the fetch stage stores it: image bytes inside the parquet rows."""
+    encoded = io.BytesIO()
+    picture("green", "square").save(encoded, format="PNG")
+    rows = [
+        {
+            "images": [{"bytes": encoded.getvalue(), "path": f"{i}.png"}],
+            "texts": [{"user": "What is it?", "assistant": "a green square.", "source": "t"}],
+        }
+        for i in range(5)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000.parquet")
+    records = read_records(tmp_path, "parquet")
+    assert len(records.items) == 5
+    image = records.items[0]["messages"][0]["content"][0]
+    assert image == {"type": "image", "image": encoded.getvalue()}
+
+    rows[3]["images"] = [{"bytes": b"broken", "path": "3.png"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000.parquet")
+    with pytest.raises(
+        ConfigError, match=r"train-00000.parquet:4: images\[0\]: the embedded image"
+    ):
+        read_records(tmp_path)
