@@ -24,6 +24,7 @@ from kubetrain.localcluster import ControlPlane, find_binary
 from kubetrain.localcluster.nodeagent import NodeAgent
 from kubetrain.sdk import Client
 from tests.integration import helpers, kubelet
+from tests.integration.test_operator import bound_claim
 from tests.polling import eventually
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -161,6 +162,52 @@ def test_list_describe_and_checkpoints_show_progress_and_parse(
 
     missing = train.run("describe", "ghost", expect=1)
     assert missing.stderr.startswith("error: ") and '"ghost" not found' in missing.stderr
+
+
+def test_create_from_a_managed_training_request(
+    sdk: Client, core: client.CoreV1Api, namespace: str, train: Plugin, tmp_path: Path
+) -> None:
+    bound_claim(core, namespace, "ds-vision-objects-001", create_claim=True)
+    bound_claim(core, namespace, "custom-object-detection-checkpoints", create_claim=False)
+    request = {
+        "name": "custom-object-detection",
+        "modelType": "vision",
+        "datasetId": "ds_vision_objects_001",
+        "config": {
+            "architecture": "yolov8",
+            "input_size": [640, 640],
+            "num_classes": 80,
+            "training": {"epochs": 100, "batch_size": 16, "momentum": 0.937},
+            "augmentation": {"mixup": 0.1, "hsv_h": 0.015},
+        },
+        "gpuType": "a100",
+        "maxWorkers": 1,
+        "checkpoint": helpers.CHECKPOINT,
+    }
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    created = train.run("create", "-f", str(path))
+    assert created.stdout == "trainingjob.kubetrain.io/custom-object-detection created\n"
+    assert "'yolov8' is not a kubetrain architecture" in created.stderr
+
+    job = sdk.get("custom-object-detection")
+    assert job.spec.vision is not None and job.spec.vision.pipeline == "yolox"
+    assert job.spec.vision.input_size is not None and job.spec.vision.input_size.width == 640
+    assert job.spec.training.momentum == 0.937
+    pod = helpers.live_pod(core, namespace, "custom-object-detection")
+    claims = {
+        v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim
+    }
+    assert "ds-vision-objects-001" in claims
+
+    again = train.run("create", "-f", str(path), expect=1)
+    assert again.stderr.splitlines()[-1] == (
+        'error: trainingjobs.kubetrain.io "custom-object-detection" already exists'
+    )
+    path.write_text(json.dumps({**request, "name": "other", "tags": "one"}))
+    bad = train.run("create", "-f", str(path), expect=1)
+    assert bad.stderr.splitlines()[-1].startswith("error: spec.tags: ")
+    assert [j.metadata.name for j in sdk.list().items] == ["custom-object-detection"]
 
 
 def test_stop_resume_and_cancel(

@@ -25,6 +25,7 @@ from kubetrain.sdk import (
     CatalogueFallbackWarning,
     Client,
     ConflictError,
+    ConversionWarning,
     JobPage,
     NotFoundError,
     PermissionDeniedError,
@@ -32,6 +33,7 @@ from kubetrain.sdk import (
     ValidationError,
 )
 from tests.integration import helpers, kubelet
+from tests.integration.test_operator import bound_claim
 from tests.polling import eventually
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -74,6 +76,55 @@ def test_create_returns_a_typed_job_and_waits_for_completion(
     assert done.status.estimated_cost is not None and done.status.estimated_cost.hourly_usd == 3.0
     # Waiting on a finished job returns at once.
     assert sdk.wait_for_completion("llama", timeout=10).status.phase is Phase.COMPLETED
+
+
+def test_a_managed_training_request_creates_the_job_and_waits_as_it_asks(
+    sdk: Client, core: client.CoreV1Api, namespace: str, background: ThreadPoolExecutor
+) -> None:
+    bound_claim(core, namespace, "ds-1234567890abcdef", create_claim=True)
+    bound_claim(core, namespace, "llama-7b-finetune-checkpoints", create_claim=False)
+    request = {
+        "name": "llama-7b-finetune",
+        "modelType": "llm",
+        "datasetId": "ds_1234567890abcdef",
+        "config": {
+            "baseModel": helpers.BASE_MODEL,
+            "parameters": {"rank": 16, "alpha": 32, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"epochs": 2, "batch_size": 4, "learning_rate": 2e-4},
+        },
+        "gpuType": "a100",
+        "maxWorkers": 1,
+        "priority": "high",
+        "checkpoint": helpers.CHECKPOINT,  # a kubetrain field rides along
+    }
+
+    def trainer() -> client.V1Pod:
+        pod = helpers.live_pod(core, namespace, "llama-7b-finetune")
+        _train_to_completion(core, namespace, "llama-7b-finetune")
+        return pod
+
+    playing = background.submit(trainer)
+    with pytest.warns(ConversionWarning, match="PersistentVolumeClaim 'ds-1234567890abcdef'"):
+        done = sdk.create_from_request(request, wait=True, timeout=90.0, poll_interval=5.0)
+    pod = playing.result(timeout=5)
+
+    assert done.status.phase is Phase.COMPLETED and done.spec.priority is Priority.HIGH
+    assert done.spec.dataset.pvc is not None
+    assert done.spec.dataset.pvc.claim_name == "ds-1234567890abcdef"
+    assert done.spec.llm is not None and done.spec.llm.lora is not None
+    assert done.spec.llm.lora.target_modules == ["q_proj", "v_proj"]
+    claims = {
+        v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim
+    }
+    assert "ds-1234567890abcdef" in claims
+
+    config = {**request["config"], "scheduler": "cosine"}
+    with pytest.raises(ValidationError) as bad:
+        sdk.create_from_request({**request, "name": "other", "config": config})
+    assert bad.value.field == "config.scheduler" and bad.value.status is None
+    with pytest.raises(ValidationError) as unknown:
+        sdk.create_from_request(request, name_suffix="x")
+    assert unknown.value.field == "name_suffix" and len(sdk.list()) == 1
 
 
 def test_a_job_without_a_name_gets_a_generated_one(sdk: Client) -> None:
