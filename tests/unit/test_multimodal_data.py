@@ -19,9 +19,9 @@ from kubetrain.trainer.config import ConfigError, RuntimeEnv
 from kubetrain.trainer.lora.data import IGNORE, DataError
 from kubetrain.trainer.multimodal.data import read_records, synthetic_records
 from kubetrain.trainer.multimodal.features import Collator, Skip, encode, prepare
-from kubetrain.trainer.multimodal.model import random_processor
+from kubetrain.trainer.multimodal.model import language_targets, random_processor
 from kubetrain.trainer.multimodal.options import preflight
-from tests.trainer.tiny_vlm import picture, spec, write_dataset
+from tests.trainer.tiny_vlm import picture, spec, tiny_llava, tiny_qwen2_vl, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +275,23 @@ def test_a_hub_parquet_file_with_embedded_images_reads_like_jsonl(tmp_path: Path
         ConfigError, match=r"train-00000.parquet:4: images\[0\]: the embedded image"
     ):
         read_records(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("build", "answer"),
+    [(tiny_qwen2_vl, "{}<|im_end|>\n"), (tiny_llava, " {}</s>")],  # as each template renders it
+    ids=["qwen2-vl", "llava"],
+)
+def test_other_families_take_the_same_path(build: Any, answer: str, tmp_path: Path) -> None:
+    """Qwen2-VL (flat patches, a grid per image, per-token type ids) and LLaVA (one tensor per
+    image): the processor's own expansion, the answer as the only target, batches that run."""
+    torch.manual_seed(0)
+    model, processor = build()
+    records = read_records(write_dataset(tmp_path, 3)).items
+    examples = [encode(r, processor, 512) for r in records]
+    assert not any(isinstance(e, Skip) for e in examples)
+    text = records[0]["messages"][1]["content"][0]["text"]
+    assert targets(processor, examples[0]) == answer.format(text)  # type: ignore[arg-type]
+    batch = Collator(processor.tokenizer.pad_token_id)(examples)  # type: ignore[arg-type]
+    assert torch.isfinite(model(**batch).loss)
+    assert language_targets(model).startswith(r"model\.language_model\.")
