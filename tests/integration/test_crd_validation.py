@@ -152,7 +152,7 @@ def test_every_example_is_accepted_and_listed_with_the_columns(
         TrainingJob.model_validate(yaml.safe_load(p.read_text())).metadata.name or ""
         for p in EXAMPLES
     )
-    assert out.count(" created") == len(EXAMPLES) == 5
+    assert out.count(" created") == len(EXAMPLES) == 7
 
     table = kubectl.ok("get", "tj", "-n", namespace).splitlines()
     assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "EPOCH", "LOSS", "GPUS", "AGE"]

@@ -473,11 +473,13 @@ def test_malformed_conditions_are_rejected(condition: dict[str, Any]) -> None:
 # -- examples -----------------------------------------------------------------------------
 
 
-def test_there_are_five_examples() -> None:
+def test_there_are_seven_examples() -> None:
     assert [p.name for p in EXAMPLES] == [
         "kueue-tiny-lora.yaml",
         "llama2-7b-lora.yaml",
+        "rfdetr-pipeline.yaml",
         "tiny-lora-cpu.yaml",
+        "tiny-multimodal-cpu.yaml",
         "tiny-vision-cpu.yaml",
         "yolo-detector.yaml",
     ]

@@ -30,9 +30,9 @@ def test_names_and_aliases_resolve(
 
 def test_an_unknown_name_lists_the_task_s_architectures() -> None:
     with pytest.raises(ConfigError) as err:
-        catalog.resolve(VisionTask.SEMANTIC_SEGMENTATION, "unet")
+        catalog.resolve(VisionTask.SEMANTIC_SEGMENTATION, "unet3d")
     message = str(err.value)
-    assert message.startswith("spec.vision.architecture 'unet' is not supported")
+    assert message.startswith("spec.vision.architecture 'unet3d' is not supported")
     assert ", ".join(catalog.names(VisionTask.SEMANTIC_SEGMENTATION)) in message
 
 

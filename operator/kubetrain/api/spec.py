@@ -129,6 +129,8 @@ class PipelineDefaults:
     large_gpu_type: str = ""
     large: tuple[str, ...] = ()
     """Architectures (name suffixes) that default to ``large_gpu_type`` instead."""
+    learning_rate: float | None = None
+    """The learning rate when the spec sets none (None: the model type's)."""
 
     def gpu_type_for(self, architecture: str) -> str:
         if self.large_gpu_type and architecture.lower().endswith(self.large):
@@ -146,10 +148,10 @@ PIPELINES: dict[VisionPipeline, PipelineDefaults] = {
         VisionTask.INSTANCE_SEGMENTATION, "maskrcnn_resnet50_fpn", "a100"
     ),
     VisionPipeline.RFDETR_DETECTION: PipelineDefaults(
-        VisionTask.DETECTION, "rfdetr_small", "a10g", "a100", _RFDETR_LARGE
+        VisionTask.DETECTION, "rfdetr_small", "a10g", "a100", _RFDETR_LARGE, 1e-4
     ),
     VisionPipeline.RFDETR_SEGMENTATION: PipelineDefaults(
-        VisionTask.INSTANCE_SEGMENTATION, "rfdetr_seg_small", "a10g", "a100", _RFDETR_LARGE
+        VisionTask.INSTANCE_SEGMENTATION, "rfdetr_seg_small", "a10g", "a100", _RFDETR_LARGE, 1e-4
     ),
     VisionPipeline.YOLOX: PipelineDefaults(VisionTask.DETECTION, "fcos_cspdarknet_s", "a10g"),
 }
@@ -670,7 +672,7 @@ class TrainingParams(SpecModel):
         le=1e-1,
         description=(
             "Peak learning rate, between 1e-6 and 1e-1. Unset: 2e-4 for llm and "
-            "multimodal, 1e-2 for vision."
+            "multimodal, 1e-2 for vision (1e-4 for the RF-DETR pipelines)."
         ),
     )
     weight_decay: float = Field(
@@ -1074,6 +1076,9 @@ class TrainingJobSpec(SpecModel):
         """The learning rate the trainer uses: the spec's, else the model type's default."""
         if self.training.learning_rate is not None:
             return self.training.learning_rate
+        pipeline = self.vision.pipeline if self.vision is not None else None
+        if pipeline is not None and PIPELINES[pipeline].learning_rate is not None:
+            return PIPELINES[pipeline].learning_rate
         return DEFAULT_LEARNING_RATE.get(self.model_type)
 
     def uses_gpus(self) -> bool:

@@ -63,7 +63,7 @@ def build_setup(
     per_epoch = batching.steps_per_epoch(
         len(train_set), training.batch_size, training.gradient_accumulation_steps, info.world_size
     )
-    optimizer = optim.optimizer(module, spec, options.optimizer)
+    optimizer = optim.optimizer(module, spec, options.optimizer or plan.arch.optimizer)
     model: nn.Module = module
     if info.world_size > 1:
         model = DistributedDataParallel(

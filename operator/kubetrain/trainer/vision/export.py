@@ -6,10 +6,14 @@ spec.vision.export.dynamicBatch). Detectors are exported in eval mode the way to
 supports it: one image (3 x H x W, [0, 1]) in, ``boxes`` (x0 y0 x1 y1 pixels), ``labels``
 (0-based class indices), ``scores`` and, for Mask R-CNN, ``masks`` (N x 1 x H x W
 probabilities) out, with their post-processing (NMS, score threshold) in the graph.
+RF-DETR is exported as its own package exports it: [0, 1] images (N x 3 x H x W) in, per
+query ``boxes`` (normalised cx cy w h), class ``logits`` (sigmoid scores; index i is class
+i) and, for segmentation, mask ``logits`` out; top-k selection is left to the caller.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -21,8 +25,9 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from kubetrain.api import ExportConfig
-from kubetrain.trainer.vision.catalog import Architecture, Family
+from kubetrain.api import ExportConfig, VisionTask
+from kubetrain.trainer.vision.catalog import Architecture
+from kubetrain.trainer.vision.libraries import RFDETR, RFDETRExport
 from kubetrain.trainer.vision.tasks import MEAN, STD
 
 log = logging.getLogger(__name__)
@@ -103,10 +108,11 @@ def export(
     """Export ``model`` (eval mode, CPU) to ``path`` and check it on ``samples`` (N x 3 x H x W
     in [0, 1]) under ONNX Runtime; raises ``ExportError`` when either fails."""
     model = model.to("cpu").eval()
-    detector = arch.detector
+    detector = arch.detector and not isinstance(model, RFDETR)
     masks = arch.name.startswith("maskrcnn")
+    wrapper: nn.Module
     if detector:
-        wrapper: nn.Module = _Detector(model, masks)
+        wrapper = _Detector(model, masks)
         names = ["boxes", "labels", "scores", *(["masks"] if masks else [])]
         example: tuple[Any, ...] = (samples[0],)
         inputs: dict[str, list[int | str]] = {"image": list(samples.shape[1:])}
@@ -114,15 +120,19 @@ def export(
         if config.dynamic_batch:
             log.warning("export.dynamicBatch: detectors are exported for one image at a time")
     else:
-        wrapper = _Normalised(model, segmenter=arch.family is Family.SEGMENTER)
-        names = ["logits"]
+        if isinstance(model, RFDETR):
+            wrapper = RFDETRExport(copy.deepcopy(model))  # export() rewires the copy only
+            names = ["boxes", "logits", *(["masks"] if model.masks else [])]
+        else:
+            wrapper = _Normalised(model, segmenter=arch.task is VisionTask.SEMANTIC_SEGMENTATION)
+            names = ["logits"]
         batch = samples[: 2 if config.dynamic_batch else 1]
         example = (batch,)
         shape: list[int | str] = list(batch.shape)
         dynamic = {}
         if config.dynamic_batch:
             shape[0] = "batch"
-            dynamic = {"images": {0: "batch"}, "logits": {0: "batch"}}
+            dynamic = {name: {0: "batch"} for name in ["images", *names]}
         inputs = {"images": shape}
     wrapper.eval()
     try:
@@ -150,7 +160,7 @@ def export(
         if detector:
             difference, checked = _check_detections(wrapper, session, samples, tolerance)
         else:
-            difference, checked = _check_dense(wrapper, session, example[0], tolerance)
+            difference, checked = _check_dense(wrapper, session, example[0], tolerance, names)
     log.info("ONNX model %s matches PyTorch (max difference %.3g)", path.name, difference)
     return Exported(inputs, names, config.opset, difference, checked)
 
@@ -167,18 +177,26 @@ def _session(path: Path) -> Any:
 
 
 def _check_dense(
-    wrapper: nn.Module, session: Any, batch: torch.Tensor, tolerance: float
+    wrapper: nn.Module, session: Any, batch: torch.Tensor, tolerance: float, names: list[str]
 ) -> tuple[float, dict[str, Any]]:
-    expected = wrapper(batch).numpy()
-    (got,) = session.run(None, {"images": batch.numpy()})
-    difference = float(np.abs(got - expected).max())
-    scale = max(1.0, float(np.abs(expected).max()))
-    if not difference <= tolerance * scale:
-        raise ExportError(
-            f"ONNX Runtime's logits differ from PyTorch's by {difference:.3g} "
-            f"(allowed {tolerance * scale:.3g})"
-        )
-    return difference, {"images": int(batch.shape[0]), "outputShape": list(expected.shape)}
+    """Every output of ONNX Runtime against PyTorch's, relative to the output's scale."""
+    produced = wrapper(batch)
+    expected = [t.numpy() for t in (produced if isinstance(produced, tuple) else (produced,))]
+    got = session.run(None, {"images": batch.numpy()})
+    worst = 0.0
+    for name, ours, theirs in zip(names, expected, got, strict=True):
+        difference = float(np.abs(theirs - ours).max())
+        scale = max(1.0, float(np.abs(ours).max()))
+        if not difference <= tolerance * scale:
+            raise ExportError(
+                f"ONNX Runtime's {name} differ from PyTorch's by {difference:.3g} "
+                f"(allowed {tolerance * scale:.3g})"
+            )
+        worst = max(worst, difference)
+    shapes = {name: list(out.shape) for name, out in zip(names, expected, strict=True)}
+    checked: dict[str, Any] = {"images": int(batch.shape[0])}
+    checked |= {"outputShape": shapes["logits"]} if len(names) == 1 else {"outputShapes": shapes}
+    return worst, checked
 
 
 def _check_detections(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kubetrain.trainer.config import ConfigError
+from kubetrain.trainer.vision import libraries
 from kubetrain.trainer.vision.catalog import Architecture, Family
 from kubetrain.trainer.vision.tv import detection, get_model, ops_misc, segmentation
 
@@ -27,14 +28,20 @@ PREFIX_MAPS = (
     ("features.", "backbone.body."),
     ("", "backbone."),
     ("features.", "backbone."),
+    ("", "model.encoder."),
+    ("", "model."),
+    ("", "detr."),
 )
 """(file prefix, model prefix) pairs tried when loading a weights file: the full model, or
-a classifier's weights into a detector's or segmenter's backbone."""
+a classifier's weights into a detector's or segmenter's backbone (an smp model's encoder),
+or a library's own checkpoint into the wrapper around its model."""
 MIN_LOADED = 0.5
 
 
 def build(arch: Architecture, num_classes: int, size: tuple[int, int]) -> nn.Module:
     """A freshly initialised model for ``num_classes`` classes (detectors add background)."""
+    if arch.family in (Family.SMP, Family.RFDETR, Family.TIMM_FCOS):
+        return libraries.build(arch, num_classes, size)
     if arch.family is Family.CLASSIFIER:
         return _module(get_model(arch.name, weights=None, num_classes=num_classes))
     if arch.family is Family.SEGMENTER:

@@ -40,7 +40,8 @@ class VisionOptions:
     data_workers: int | None = None
     """DataLoader worker processes; None: a few on a GPU, none on a CPU."""
     weights: Path | None = None
-    optimizer: str = "sgd"
+    optimizer: str = ""
+    """sgd or adamw; empty: the architecture's (adamw for RF-DETR, else sgd)."""
     onnx_tolerance: float = 1e-3
     """Largest difference allowed between ONNX Runtime and PyTorch outputs, relative to
     the outputs' scale (and, for detections, absolute on scores and box coordinates / 100)."""
@@ -53,8 +54,8 @@ class VisionOptions:
         workers = environ.get("KUBETRAIN_DATA_WORKERS", "").strip()
         if workers and (not workers.isdigit()):
             raise ConfigError(f"KUBETRAIN_DATA_WORKERS={workers!r} must be a whole number >= 0")
-        optimizer = (environ.get("KUBETRAIN_OPTIMIZER") or "sgd").strip().lower()
-        if optimizer not in OPTIMIZERS:
+        optimizer = environ.get("KUBETRAIN_OPTIMIZER", "").strip().lower()
+        if optimizer and optimizer not in OPTIMIZERS:
             raise ConfigError(f"KUBETRAIN_OPTIMIZER={optimizer!r} must be one of {OPTIMIZERS}")
         weights = environ.get(WEIGHTS_ENV, "").strip()
         tolerance = _number(environ, "KUBETRAIN_ONNX_TOLERANCE", 1e-3)
@@ -105,12 +106,22 @@ def preflight(env: RuntimeEnv, spec: TrainingJobSpec, options: VisionOptions) ->
             f"spec.modelType is {spec.model_type.value}: the vision trainer trains modelType vision"
         )
     vision = spec.vision
-    arch = catalog.resolve(vision.task, vision.architecture)
+    arch = catalog.resolve(vision.task, vision.architecture, vision.pipeline)
     size = (
         (vision.input_size.width, vision.input_size.height)
         if vision.input_size is not None
         else (arch.default_size, arch.default_size)
     )
+    if any(side % arch.multiple for side in size):
+        raise ConfigError(
+            f"spec.vision.inputSize {size[0]}x{size[1]}: {arch.name} needs a width and height "
+            f"that are multiples of {arch.multiple}"
+        )
+    if min(size) < arch.min_side:
+        raise ConfigError(
+            f"spec.vision.inputSize {size[0]}x{size[1]}: {arch.name} needs a width and height "
+            f"of at least {arch.min_side}"
+        )
     weights = pretrained_weights(vision, arch, options, env)
     seed = spec.training.seed
     dataset = spec.dataset

@@ -1,0 +1,200 @@
+"""Every managed-training pipeline (spec.vision.pipeline) end to end on CPU: a tiny model of
+its own library learns, reports the metric its users know, stops on SIGTERM with a
+checkpoint, resumes exactly where it stopped, and publishes an ONNX model that ONNX Runtime
+runs like PyTorch."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime  # type: ignore[import-untyped]
+import pytest
+import torch
+
+from kubetrain.api import PIPELINES, VisionPipeline
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
+from kubetrain.trainer.vision import catalog, models
+from kubetrain.trainer.vision.export import compare_detections
+from kubetrain.trainer.vision.libraries import RFDETR, RFDETRExport
+from kubetrain.trainer.vision.loading import Loader
+from kubetrain.trainer.vision.sources import Sample
+from kubetrain.trainer.vision.tasks import MEAN, STD
+from tests.trainer import test_vision_training
+from tests.trainer.test_vision_training import records
+
+pytestmark = pytest.mark.timeout(420)
+
+start_vision = test_vision_training.start_vision  # the fixture, shared
+
+
+@dataclass(frozen=True)
+class Case:
+    """One pipeline's tiny job."""
+
+    architecture: str
+    size: int
+    samples: int
+    batch: int
+    metrics: tuple[str, ...]
+    learning_rate: float | None = None
+    exact: bool = True
+    """Compare every step's loss with an uninterrupted run (deterministic models only)."""
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.samples / self.batch)
+
+
+_BOXES = ("mAP50", "mAP50_95")
+_MASKS = (*_BOXES, "maskMAP50", "maskMAP50_95")
+CASES = {
+    VisionPipeline.CLASSIFICATION: Case("resnet18", 32, 24, 8, ("accuracy",), 0.005),
+    VisionPipeline.SM_PYTORCH: Case("smp_unet_resnet18", 64, 16, 4, ("mIoU", "pixelAccuracy")),
+    VisionPipeline.DETECTRON2: Case(
+        "maskrcnn_mobilenet_v3_large_fpn", 128, 12, 4, _MASKS, exact=False
+    ),
+    VisionPipeline.RFDETR_DETECTION: Case("rfdetr_nano", 64, 12, 4, _BOXES),
+    VisionPipeline.RFDETR_SEGMENTATION: Case("rfdetr_seg_nano", 48, 12, 4, _MASKS),
+    VisionPipeline.YOLOX: Case("fcos_cspdarknet_s", 64, 12, 4, _BOXES),
+}
+
+
+def job(pipeline: VisionPipeline, case: Case) -> dict[str, Any]:
+    training: dict[str, Any] = {"epochs": 2, "batchSize": case.batch, "seed": 3}
+    if case.learning_rate is not None:
+        training["learningRate"] = case.learning_rate
+    return {
+        "modelType": "vision",
+        "dataset": {"synthetic": {"samples": case.samples}},
+        "vision": {
+            "pipeline": pipeline.value,
+            "architecture": case.architecture,
+            "pretrained": False,
+            "inputSize": {"width": case.size, "height": case.size},
+            "numClasses": 2,
+            "export": {"format": "onnx"},
+        },
+        "training": training,
+        "optimization": {"maxGradNorm": 0 if case.exact else 10},
+        "checkpoint": {"keepLast": 2},
+    }
+
+
+@pytest.mark.parametrize("pipeline", list(CASES), ids=str)
+def test_each_pipeline_learns_stops_resumes_and_exports(
+    pipeline: VisionPipeline, start_vision: Any, tmp_path: Path
+) -> None:
+    case = CASES[pipeline]
+    spec = job(pipeline, case)
+    per_epoch = case.steps_per_epoch
+    pause = per_epoch + 1  # in the middle of epoch 2, after epoch 1's checkpoint
+    reference = start_vision(tmp_path / "reference", spec) if case.exact else None
+    directory = tmp_path / "interrupted"
+    run = start_vision(directory, spec, env={"KUBETRAIN_PAUSE_AT_STEP": str(pause)})
+    run.wait_for_step(pause, timeout=300)
+    run.stop()
+    assert run.wait(300) == EXIT_STOPPED, run.output()
+    assert run.message().startswith(f"stopped at step {pause} after checkpoint")
+
+    resumed = start_vision(directory, spec, env={"RESUME_FROM": "latest"})
+    assert resumed.wait(300) == 0, resumed.output()
+    assert f"(step {pause})" in resumed.output()
+
+    steps, epochs = records(directory)
+    assert sorted(steps) == list(range(1, 2 * per_epoch + 1))
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for epoch in epochs:
+        for metric in case.metrics:
+            assert 0.0 <= epoch[metric] <= 1.0, (metric, epoch)
+    report = decode(json.dumps(resumed.report()))
+    assert report.state == "completed"
+    assert set(case.metrics) <= set(report.metrics)
+    assert report.model is not None and report.model.format == "onnx+pytorch"
+    output = Path(report.model.path)
+    description = json.loads((output / "model.json").read_text())
+    assert description["architecture"] == case.architecture
+    check_onnx(pipeline, case, output)
+
+    if reference is not None:
+        assert reference.wait(300) == 0, reference.output()
+        expected, expected_epochs = records(reference.directory)
+        assert steps == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        for mine, theirs in zip(epochs, expected_epochs, strict=True):
+            assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+
+
+def check_onnx(pipeline: VisionPipeline, case: Case, output: Path) -> None:
+    """The published weights rebuild the model, and ONNX Runtime agrees with it."""
+    task = PIPELINES[pipeline].task
+    arch = catalog.resolve(task, case.architecture, pipeline)
+    size = (case.size, case.size)
+    model = models.build(arch, 2, size)
+    model.load_state_dict(torch.load(output / "model.pt", weights_only=True))
+    model.eval()
+    example = Loader(task, size, 2, seed=3).load(Sample(synthetic=10_000))
+    image = torch.from_numpy(example.image.transpose(2, 0, 1).copy()).float() / 255
+    session = onnxruntime.InferenceSession(
+        str(output / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    with torch.no_grad():
+        if isinstance(model, RFDETR):
+            expected = RFDETRExport(model)(image[None])
+            got = session.run(None, {"images": image[None].numpy()})
+            for ours, theirs in zip(expected, got, strict=True):
+                np.testing.assert_allclose(theirs, ours.numpy(), rtol=1e-3, atol=1e-3)
+            return
+        if arch.detector:
+            found = model([image])[0]
+            wanted = [found["boxes"].numpy(), (found["labels"] - 1).numpy(),
+                      found["scores"].numpy()]  # fmt: skip
+            if "masks" in found:
+                wanted.append(found["masks"].numpy())
+            got = session.run(None, {"image": image.numpy()})
+            _, compared, matched = compare_detections(wanted, got, 1e-3)
+            assert matched >= 0.98 * compared, (matched, compared)
+            return
+        mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+        out = model(((image - mean) / std)[None])
+        logits = (out["out"] if isinstance(out, dict) else out).numpy()
+    (got,) = session.run(None, {"images": image[None].numpy()})
+    np.testing.assert_allclose(got, logits, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("pipeline", list(CASES), ids=str)
+def test_each_pipeline_refuses_fewer_than_five_images(
+    pipeline: VisionPipeline, start_vision: Any, tmp_path: Path
+) -> None:
+    spec = job(pipeline, CASES[pipeline])
+    spec["dataset"] = {"synthetic": {"samples": 4}}
+    run = start_vision(tmp_path / "run", spec)
+    assert run.wait(60) == EXIT_PERMANENT, run.output()
+    assert run.message() == (
+        "ConfigurationError: dataset synthetic has 4 usable images; at least 5 are required"
+    )
+
+
+def test_a_pipeline_refuses_another_pipeline_s_model_and_a_bad_input_size(
+    start_vision: Any, tmp_path: Path
+) -> None:
+    spec = job(VisionPipeline.RFDETR_DETECTION, CASES[VisionPipeline.RFDETR_DETECTION])
+    spec["vision"]["architecture"] = "fcos_cspdarknet_s"
+    run = start_vision(tmp_path / "other", spec)
+    assert run.wait(60) == EXIT_PERMANENT, run.output()
+    assert run.message() == (
+        "ConfigurationError: spec.vision.architecture 'fcos_cspdarknet_s' is not a model of "
+        "spec.vision.pipeline rfdetr_detection; use one of: rfdetr_nano, rfdetr_small, "
+        "rfdetr_medium, rfdetr_large"
+    )
+    spec = job(VisionPipeline.RFDETR_DETECTION, CASES[VisionPipeline.RFDETR_DETECTION])
+    spec["vision"]["inputSize"] = {"width": 100, "height": 64}
+    run = start_vision(tmp_path / "size", spec)
+    assert run.wait(60) == EXIT_PERMANENT, run.output()
+    assert run.message() == (
+        "ConfigurationError: spec.vision.inputSize 100x64: rfdetr_nano needs a width and "
+        "height that are multiples of 32"
+    )
