@@ -14,12 +14,13 @@ import pytest
 import torch
 from transformers import Idefics3Processor
 
-from kubetrain.api import TrainingJobSpec
+from kubetrain.api import LLMConfig, Strategy, TrainingJobSpec
 from kubetrain.trainer.config import ConfigError, RuntimeEnv
 from kubetrain.trainer.lora.data import IGNORE, DataError
+from kubetrain.trainer.lora.model import Precision
 from kubetrain.trainer.multimodal.data import read_records, synthetic_records
 from kubetrain.trainer.multimodal.features import Collator, Skip, encode, prepare
-from kubetrain.trainer.multimodal.model import language_targets, random_processor
+from kubetrain.trainer.multimodal.model import language_targets, load_base, random_processor
 from kubetrain.trainer.multimodal.options import preflight
 from tests.trainer.tiny_vlm import picture, spec, tiny_llava, tiny_qwen2_vl, write_dataset
 
@@ -295,3 +296,17 @@ def test_other_families_take_the_same_path(build: Any, answer: str, tmp_path: Pa
     batch = Collator(processor.tokenizer.pad_token_id)(examples)  # type: ignore[arg-type]
     assert torch.isfinite(model(**batch).loss)
     assert language_targets(model).startswith(r"model\.language_model\.")
+
+
+def test_qlora_is_refused_on_cpu_and_an_unknown_preset_names_the_presets() -> None:
+    fp32 = Precision("none", torch.float32)
+    qlora = LLMConfig(base_model="random://idefics3-tiny", strategy=Strategy.QLORA)
+    with pytest.raises(
+        ConfigError, match=r"^spec\.llm\.strategy qlora needs a CUDA GPU; use lora on CPU$"
+    ):
+        load_base(qlora, fp32, seed=0, cuda=False)
+    unknown = LLMConfig(base_model="random://idefics3-huge")
+    with pytest.raises(
+        ConfigError, match="choose one of random://idefics3-tiny, random://idefics3-small"
+    ):
+        load_base(unknown, fp32, seed=0, cuda=False)
