@@ -60,6 +60,8 @@ class Model:
     classes: int
     gpu_size: int
     gpu_batch: int
+    pipeline: str = ""
+    """spec.vision.pipeline, when the model is one of a pipeline's."""
 
 
 MODELS = (
@@ -74,13 +76,14 @@ def job(model: Model, steps: int, *, size: int, batch: int, bf16: bool) -> Train
             "modelType": "vision",
             "dataset": {"synthetic": {"samples": steps * batch}},
             "vision": {
+                **({"pipeline": model.pipeline} if model.pipeline else {}),
                 "task": model.task,
                 "architecture": model.architecture,
                 "pretrained": False,
                 "inputSize": {"width": size, "height": size},
                 "numClasses": model.classes,
             },
-            "training": {"epochs": 1, "batchSize": batch, "learningRate": 0.01, "seed": 1},
+            "training": {"epochs": 1, "batchSize": batch, "seed": 1},
             "optimization": {"maxGradNorm": 0, "mixedPrecision": "bf16" if bf16 else "none"},
         }
     )

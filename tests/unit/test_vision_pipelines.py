@@ -3,6 +3,7 @@ what GPU they default to, and how pretrained weights reach the libraries' models
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from kubetrain.trainer.config import ConfigError
 from kubetrain.trainer.vision import catalog, models
 from kubetrain.trainer.vision.catalog import Family
 from kubetrain.trainer.vision.libraries import RFDETR
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def vision_spec(**vision: Any) -> TrainingJobSpec:
@@ -159,3 +162,14 @@ def test_a_library_checkpoint_and_encoder_weights_load_into_the_pipelines_models
     assert fresh and all("class_embed" in k for k in fresh)
     weight = "backbone.0.encoder.encoder.embeddings.patch_embeddings.projection.weight"
     assert torch.equal(target.detr.state_dict()[weight], source.detr.state_dict()[weight])
+
+
+def test_the_operator_s_catalogue_can_move_a_pipeline_to_another_gpu_type() -> None:
+    catalogue = Catalogue.model_validate({"pipelineGpuTypes": {"detectron2": "h100"}})
+    assert catalogue.gpu_type_for(vision_spec(pipeline="detectron2")) == "h100"
+    assert catalogue.gpu_type_for(vision_spec(pipeline="yolox")) == "a10g"
+    with pytest.raises(ValidationError, match="pipelineGpuTypes: yolo is not a vision pipeline"):
+        Catalogue.model_validate({"pipelineGpuTypes": {"yolo": "h100"}})
+    schema = json.loads((ROOT / "charts" / "kubetrain" / "values.schema.json").read_text())
+    chart = schema["properties"]["gpuCatalogue"]["properties"]["pipelineGpuTypes"]
+    assert chart["propertyNames"]["enum"] == [p.value for p in VisionPipeline]

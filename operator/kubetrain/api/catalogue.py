@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubetrain.api.spec import VisionPipeline
+
 if TYPE_CHECKING:
     from kubetrain.api.spec import TrainingJobSpec
 
@@ -127,24 +129,39 @@ class Catalogue(BaseModel):
         ),
     )
 
+    pipeline_gpu_types: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "The gpuType a vision pipeline's jobs get when they name none, by pipeline, over "
+            "the built-in tiers (a10g; a100 for detectron2 and the large RF-DETRs)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _over_defaults(self) -> Catalogue:
         if not self.replace_defaults:
             self.gpu_types = DEFAULT_GPU_TYPES | self.gpu_types
+        unknown = sorted(set(self.pipeline_gpu_types) - {p.value for p in VisionPipeline})
+        if unknown:
+            raise ValueError(
+                f"pipelineGpuTypes: {', '.join(unknown)} is not a vision pipeline; the "
+                f"pipelines are {', '.join(p.value for p in VisionPipeline)}"
+            )
         return self
 
     def get(self, key: str) -> GPUType | None:
         return self.gpu_types.get(key)
 
     def gpu_type_for(self, spec: TrainingJobSpec) -> str:
-        """The gpuType a job runs on: its own, else its vision pipeline's tier when this
-        catalogue has that type, else the catalogue's default."""
+        """The gpuType a job runs on: its own, else its vision pipeline's tier (configured
+        here or built in) when this catalogue has that type, else the catalogue's default."""
         if spec.resources.gpu_type:
             return spec.resources.gpu_type
-        tier = spec.vision.default_gpu_type() if spec.vision is not None else None
-        if tier is not None and tier in self.gpu_types:
-            return tier
-        return self.default_type
+        vision = spec.vision
+        if vision is None or vision.pipeline is None:
+            return self.default_type
+        tier = self.pipeline_gpu_types.get(vision.pipeline.value) or vision.default_gpu_type()
+        return tier if tier in self.gpu_types else self.default_type
 
     @property
     def names(self) -> list[str]:
