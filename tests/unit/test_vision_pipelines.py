@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timm
 import torch
 from pydantic import ValidationError
 
@@ -149,6 +150,14 @@ def test_a_library_checkpoint_and_encoder_weights_load_into_the_pipelines_models
     loaded, total = models.load_weights(unet, tmp_path / "resnet18.pth")
     assert loaded == total - 2  # all but the classifier's fc
     assert torch.equal(unet.model.encoder.conv1.weight, classifier.conv1.weight)
+
+    darknet = timm.create_model("cs3darknet_focus_s", pretrained=False)
+    torch.save(darknet.state_dict(), tmp_path / "cs3darknet_focus_s.pth")
+    yolox = models.build(catalog.ARCHITECTURES["fcos_cspdarknet_s"], 2, (64, 64))
+    loaded, total = models.load_weights(yolox, tmp_path / "cs3darknet_focus_s.pth")
+    assert loaded == total - 2  # all but timm's classifier head
+    stem = darknet.stem.conv1.conv.weight
+    assert torch.equal(yolox.backbone.body.model.stem.conv1.conv.weight, stem)
 
     source = models.build(catalog.ARCHITECTURES["rfdetr_nano"], 5, (64, 64))
     assert isinstance(source, RFDETR)

@@ -183,9 +183,10 @@ class TimmFPN(nn.Module):
         import timm  # noqa: PLC0415
 
         fpn = feature_pyramid_network
-        body: Any = timm.create_model(
-            name, pretrained=False, features_only=True, out_indices=(-3, -2, -1)
-        )
+        body: Any = timm.create_model(  # "getter": the model's own names, so timm files load
+            name, pretrained=False, features_only=True, out_indices=(-3, -2, -1),
+            feature_cls="getter",
+        )  # fmt: skip
         channels = list(body.feature_info.channels())
         self.body = body
         self.fpn = fpn.FeaturePyramidNetwork(

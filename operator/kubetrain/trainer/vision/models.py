@@ -31,6 +31,7 @@ PREFIX_MAPS = (
     ("", "model.encoder."),
     ("", "model."),
     ("", "detr."),
+    ("", "backbone.body.model."),
 )
 """(file prefix, model prefix) pairs tried when loading a weights file: the full model, or
 a classifier's weights into a detector's or segmenter's backbone (an smp model's encoder),
