@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_vision import Marks, Model, Utilisation, _Plain, job, trainer_run  # noqa: E402
+from bench_vision import Marks, Model, _Plain, gpu, job, trainer_run  # noqa: E402
 
 from kubetrain.trainer.config import Distributed, RuntimeEnv  # noqa: E402
 from kubetrain.trainer.vision import models  # noqa: E402
@@ -158,24 +158,6 @@ def compare(args: argparse.Namespace) -> None:
         )
 
 
-def gpu(args: argparse.Namespace) -> None:
-    if not torch.cuda.is_available():
-        print("GPU: no CUDA device here; bf16 images/s and utilisation skipped")
-        return
-    print(f"GPU: {torch.cuda.get_device_name()}, bf16 autocast, through the trainer's loop")
-    for model in chosen(args):
-        with Utilisation() as usage:
-            result = trainer_run(
-                model, args.gpu_steps, args.warmup, size=model.gpu_size, batch=model.gpu_batch,
-                bf16=True,
-            )  # fmt: skip
-        busy = statistics.mean(usage.samples) if usage.samples else float("nan")
-        print(
-            f"  {model.pipeline}: {model.architecture} {model.gpu_size}x{model.gpu_size}, batch "
-            f"{model.gpu_batch}: {result['images_per_second']:.0f} images/s, GPU busy {busy:.0f} %"
-        )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=12)
@@ -185,7 +167,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="pipelines to run (default: all)")
     args = parser.parse_args()
     compare(args)
-    gpu(args)
+    gpu(args, chosen(args))
     return 0
 
 

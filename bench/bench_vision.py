@@ -289,12 +289,12 @@ class Utilisation:
                 self.samples.append(float(out.split()[0]))
 
 
-def gpu(args: argparse.Namespace) -> None:
+def gpu(args: argparse.Namespace, benchmarked: tuple[Model, ...] = MODELS) -> None:
     if not torch.cuda.is_available():
         print("GPU: no CUDA device here; bf16 images/s and utilisation skipped")
         return
     print(f"GPU: {torch.cuda.get_device_name()}, bf16 autocast, through the trainer's loop")
-    for model in MODELS:
+    for model in benchmarked:
         with Utilisation() as usage:
             result = trainer_run(
                 model, args.gpu_steps, args.warmup, size=model.gpu_size, batch=model.gpu_batch,

@@ -25,6 +25,7 @@ from kubetrain.trainer.vision.loading import Loader
 from kubetrain.trainer.vision.sources import Sample
 from kubetrain.trainer.vision.tasks import MEAN, STD
 from tests.trainer import test_vision_training
+from tests.trainer.conftest import free_port
 from tests.trainer.test_vision_training import records
 
 pytestmark = pytest.mark.timeout(420)
@@ -198,3 +199,35 @@ def test_a_pipeline_refuses_another_pipeline_s_model_and_a_bad_input_size(
         "ConfigurationError: spec.vision.inputSize 100x64: rfdetr_nano needs a width and "
         "height that are multiples of 32"
     )
+
+
+def test_rfdetr_trains_on_two_ranks_stops_together_and_resumes(
+    start_vision: Any, tmp_path: Path
+) -> None:
+    """DDP over RF-DETR: its set criterion on each rank's images, one stop, one resume."""
+    pipeline = VisionPipeline.RFDETR_DETECTION
+    case = CASES[pipeline]
+    pod = {
+        "NPROC_PER_NODE": "2",
+        "NNODES": "1",
+        "NODE_RANK": "0",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    directory = tmp_path / "launcher"
+    spec = job(pipeline, case)
+    paused = pod | {"MASTER_PORT": str(free_port()), "KUBETRAIN_PAUSE_AT_STEP": "1"}
+    run = start_vision(directory, spec, env=paused)
+    run.wait_for_step(1, timeout=300)
+    run.stop()  # the Pod's PID 1 (the launcher) forwards it to both ranks
+    assert run.wait(300) == EXIT_STOPPED, run.output()
+    assert {"rng-0.pt", "rng-1.pt"} <= {p.name for p in (directory / "ckpt-00000001").iterdir()}
+
+    resumed = start_vision(directory, spec, env=pod | {"MASTER_PORT": str(free_port())})
+    assert resumed.wait(300) == 0, resumed.output()
+    steps, epochs = records(directory)
+    per_epoch = math.ceil(case.samples / (2 * case.batch))  # 12 images / (2 ranks x 4)
+    assert sorted(steps) == list(range(1, 2 * per_epoch + 1))
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    report = decode(json.dumps(resumed.report()))
+    assert report.state == "completed" and report.model is not None
