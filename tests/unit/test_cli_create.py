@@ -34,6 +34,9 @@ def test_a_dry_run_prints_the_converted_job_and_what_was_substituted(tmp_path: P
         "warning: config.architecture: 'yolov8' is not a kubetrain architecture; the job "
         "trains pipeline yolox (fcos_cspdarknet_s, an anchor-free detector on YOLOX's "
         "CSP-Darknet) instead",
+        "warning: vision.pretrained: false: the job trains from random weights, because "
+        "kubetrain never downloads published weights; set spec.vision.pretrainedWeights to a "
+        "weights file's URI (e.g. RF-DETR's rf-detr-small.pth) to start from them",
     ]
 
 

@@ -116,6 +116,13 @@ def _valid(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+FROM_SCRATCH = (
+    "vision.pretrained: false: the job trains from random weights, because kubetrain never "
+    "downloads published weights; set spec.vision.pretrainedWeights to a weights file's URI "
+    "(e.g. RF-DETR's rf-detr-small.pth) to start from them"
+)
+
+
 def test_the_pipeline_call() -> None:
     converted = convert_request(**PIPELINE_CALL)
     assert _valid(converted.manifest) == {
@@ -126,13 +133,18 @@ def test_the_pipeline_call() -> None:
             "dataset": {
                 "pvc": {"claimName": "road-signs", "subPath": PIPELINE_CALL["export_name"]}
             },
-            "vision": {"pipeline": "yolox", "task": "detection", "architecture": YOLOX_DEFAULT},
+            "vision": {
+                "pipeline": "yolox",
+                "task": "detection",
+                "architecture": YOLOX_DEFAULT,
+                "pretrained": False,
+            },
             "training": {"epochs": 50},
             "resources": {"gpuType": "a10g"},
         },
     }
     assert (converted.wait, converted.poll_interval, converted.timeout) == (True, 5.0, 7200.0)
-    assert converted.notes == ()
+    assert converted.notes == (FROM_SCRATCH,)
 
 
 def test_the_llm_rest_body() -> None:
@@ -180,6 +192,7 @@ def test_the_vision_rest_body_trains_yolox_for_yolov8() -> None:
                 "pipeline": "yolox",
                 "task": "detection",
                 "architecture": "fcos_cspdarknet_s",
+                "pretrained": False,
                 "inputSize": {"width": 640, "height": 640},
                 "numClasses": 80,
                 "augmentation": {
@@ -200,7 +213,8 @@ def test_the_vision_rest_body_trains_yolox_for_yolov8() -> None:
             "resources": {"gpuType": "v100", "workers": 4},
         },
     }
-    assert converted.notes[-1] == (
+    assert converted.notes[-1] == FROM_SCRATCH
+    assert converted.notes[-2] == (
         "config.architecture: 'yolov8' is not a kubetrain architecture; the job trains "
         "pipeline yolox (fcos_cspdarknet_s, an anchor-free detector on YOLOX's CSP-Darknet) "
         "instead"
@@ -254,13 +268,23 @@ def test_yolo_detectors_train_the_yolox_pipeline(architecture: str, trains: str)
     vision = converted.job.spec.vision
     assert vision is not None
     assert (vision.pipeline, vision.architecture) == (VisionPipeline.YOLOX, trains)
-    assert f"{architecture!r} is not a kubetrain architecture" in converted.notes[-1]
+    assert f"{architecture!r} is not a kubetrain architecture" in converted.notes[-2]
 
 
 def test_other_architectures_are_kept_for_the_trainer_to_check() -> None:
     config = {"task": "detection", "architecture": "yolo_nas_s"}
     converted = convert_request(modelType="vision", datasetId="d", config=config)
-    assert converted.manifest["spec"]["vision"] == config
+    assert converted.manifest["spec"]["vision"] == config | {"pretrained": False}
+    assert converted.notes == (FROM_SCRATCH,)
+
+
+def test_named_weights_keep_a_vision_job_pretrained() -> None:
+    config = {"architecture": "rfdetr_small", "task": "detection",
+              "pretrained_weights": "s3://weights/rf-detr-small.pth"}  # fmt: skip
+    converted = convert_request(modelType="vision", datasetId="d", config=config)
+    vision = converted.job.spec.vision
+    assert vision is not None and vision.pretrained
+    assert vision.pretrained_weights == "s3://weights/rf-detr-small.pth"
     assert converted.notes == ()
 
 

@@ -341,6 +341,20 @@ def _client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _from_scratch(spec: _Spec, notes: list[str]) -> None:
+    """The old APIs started vision runs from their published weights, which kubetrain never
+    downloads: without weights named, the converted job trains from scratch, and says so."""
+    vision = spec.fields.get("vision")
+    if not isinstance(vision, dict) or {"pretrained", "pretrainedWeights"} & set(vision):
+        return
+    vision["pretrained"] = False
+    notes.append(
+        "vision.pretrained: false: the job trains from random weights, because kubetrain "
+        "never downloads published weights; set spec.vision.pretrainedWeights to a weights "
+        "file's URI (e.g. RF-DETR's rf-detr-small.pth) to start from them"
+    )
+
+
 def convert_request(request: Mapping[str, Any] | None = None, /, **fields: Any) -> ConvertedRequest:
     """A managed-training request (a JSON body, keywords, or both) as a validated TrainingJob.
 
@@ -381,6 +395,8 @@ def convert_request(request: Mapping[str, Any] | None = None, /, **fields: Any) 
 
     if "config" in keys:
         _config(spec, keys.pop("config")[1], model_type, notes)
+
+    _from_scratch(spec, notes)
 
     spec_fields = _spellings(TrainingJobSpec)
     for key, (spelt, value) in keys.items():
