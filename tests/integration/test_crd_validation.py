@@ -177,6 +177,7 @@ def test_every_example_is_accepted_and_listed_with_the_columns(
     ).split()
     assert sorted(vision) == [
         f"trainingjob.{GROUP}/custom-object-detection",
+        f"trainingjob.{GROUP}/road-signs-rfdetr",
         f"trainingjob.{GROUP}/tiny-vision",
     ]
 
@@ -344,6 +345,23 @@ BAD_INPUT = [
         "spec.vision is required when spec.modelType is vision",
     ),
     _bad(
+        "vision-without-a-model",
+        changed(VISION_SPEC, **{"vision.architecture": None}),
+        "spec.vision needs a pipeline, or a task and an architecture",
+    ),
+    _bad(
+        "pipeline-of-another-task",
+        changed(VISION_SPEC, **{"vision.pipeline": "sm_pytorch", "vision.architecture": None}),
+        "spec.vision.task",
+        "spec.vision.task does not match spec.vision.pipeline: classification trains",
+    ),
+    _bad(
+        "unknown-pipeline",
+        changed(VISION_SPEC, **{"vision.pipeline": "yolov8"}),
+        "spec.vision.pipeline",
+        'Unsupported value: "yolov8"',
+    ),
+    _bad(
         "custom-without-image",
         changed(LLM_SPEC, modelType="custom", command=["train"]),
         "spec.image and spec.command are required when spec.modelType is custom",
@@ -431,6 +449,12 @@ IMMUTABLE = [
         lambda s: changed(s, **{"vision.architecture": "resnet50"}),
         "spec.vision.architecture is immutable",
         id="architecture",
+    ),
+    pytest.param(
+        changed(VISION_SPEC, **{"vision.pipeline": "classification"}),
+        lambda s: changed(s, **{"vision.pipeline": "yolox", "vision.task": "detection"}),
+        "spec.vision.pipeline is immutable",
+        id="pipeline",
     ),
 ]
 
