@@ -294,3 +294,14 @@ def test_a_fetched_job_lists_its_sources_with_their_revisions() -> None:
         "  dataset: s3://corpus/train.jsonl @ 0123456789ab -> "
         "/cache/datasets/train-01/train.jsonl (2.0KiB, reused)"
     ) in described
+
+
+def test_describe_names_a_vision_job_s_pipeline_and_the_model_it_chose() -> None:
+    vision = TrainingJob.model_validate(
+        {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+         "metadata": {"name": "signs", "creationTimestamp": "2026-05-01T11:55:00Z"},
+         "spec": {"modelType": "vision", "dataset": {"synthetic": {"samples": 8}},
+                  "vision": {"pipeline": "rfdetr_detection"}}}
+    )  # fmt: skip
+    text = "\n".join(views.describe(vision, [], NOW, PLAIN))
+    assert "Model:          vision: rfdetr_small (detection, pipeline rfdetr_detection)" in text

@@ -197,7 +197,8 @@ def _model(job: TrainingJob) -> str:
         return f"{spec.model_type.value}: {spec.llm.base_model} ({spec.llm.strategy.value})"
     if spec.vision:
         v = spec.vision
-        return f"{spec.model_type.value}: {v.architecture} ({v.task.value})"
+        pipeline = f", pipeline {v.pipeline.value}" if v.pipeline else ""
+        return f"{spec.model_type.value}: {v.architecture} ({v.task.value}{pipeline})"
     return f"{spec.model_type.value}: {spec.image or fmt.NONE}"
 
 
