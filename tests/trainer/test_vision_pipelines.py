@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime  # type: ignore[import-untyped]
 import pytest
 import torch
+from PIL import Image
 
-from kubetrain.api import PIPELINES, VisionPipeline
+from kubetrain.api import PIPELINES, VisionPipeline, VisionTask
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
 from kubetrain.trainer.vision import catalog, models
 from kubetrain.trainer.vision.export import compare_detections
@@ -231,3 +232,77 @@ def test_rfdetr_trains_on_two_ranks_stops_together_and_resumes(
     assert [e["epoch"] for e in epochs] == [1, 2]
     report = decode(json.dumps(resumed.report()))
     assert report.state == "completed" and report.model is not None
+
+
+def write_files(root: Path, layout: str, task: VisionTask, size: int, count: int) -> Path:
+    """Generated pictures saved the way a user's volume holds them: YOLO labels (boxes, or
+    outlines for instance segmentation), COCO JSON with polygons, or image + mask pairs."""
+    loader = Loader(task, (size, size), 2, seed=11)
+    (root / "images").mkdir(parents=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for i in range(count):
+        example = loader.load(Sample(synthetic=i))
+        Image.fromarray(example.image).save(root / "images" / f"{i}.png")
+        if layout == "masks":
+            (root / "masks").mkdir(exist_ok=True)
+            assert example.semantic is not None
+            Image.fromarray(example.semantic).save(root / "masks" / f"{i}.png")
+            continue
+        lines = []
+        images.append({"id": i, "file_name": f"{i}.png", "width": size, "height": size})
+        for box, label in zip(example.boxes.tolist(), example.labels.tolist(), strict=True):
+            x0, y0, x1, y1 = box
+            outline = [x0, y0, x1, y0, x1, y1, x0, y1]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i, "category_id": label + 1,
+                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                 "segmentation": [outline], "iscrowd": 0}
+            )  # fmt: skip
+            if task is VisionTask.INSTANCE_SEGMENTATION:
+                lines.append(" ".join([str(label), *(f"{v / size:.5f}" for v in outline)]))
+            else:
+                cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+                lines.append(f"{label} {cx / size:.5f} {cy / size:.5f} {w / size:.5f} "
+                             f"{h / size:.5f}")  # fmt: skip
+        if layout == "yolo":
+            (root / "labels").mkdir(exist_ok=True)
+            (root / "labels" / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    if layout == "coco":
+        categories = [{"id": c + 1, "name": f"shape {c}"} for c in range(2)]
+        (root / "instances.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "layout"),
+    [
+        (VisionPipeline.YOLOX, "yolo"),
+        (VisionPipeline.RFDETR_SEGMENTATION, "yolo"),
+        (VisionPipeline.RFDETR_DETECTION, "coco"),
+        (VisionPipeline.DETECTRON2, "coco"),
+        (VisionPipeline.SM_PYTORCH, "masks"),
+    ],
+    ids=str,
+)
+def test_pipelines_train_on_the_datasets_users_bring(
+    pipeline: VisionPipeline, layout: str, start_vision: Any, tmp_path: Path
+) -> None:
+    case = CASES[pipeline]
+    task = PIPELINES[pipeline].task
+    data = write_files(tmp_path / "data", layout, task, case.size, 10)
+    spec = job(pipeline, case)
+    spec["dataset"] = {"pvc": {"claimName": "images"}, **({} if layout == "masks" else
+                                                          {"format": layout})}  # fmt: skip
+    spec["training"]["epochs"] = 1
+    run = start_vision(tmp_path / "run", spec, dataset=data)
+    assert run.wait(300) == 0, run.output()
+    report = decode(json.dumps(run.report()))
+    assert report.model is not None and report.model.format == "onnx+pytorch"
+    assert set(case.metrics) <= set(report.metrics)
+    description = json.loads((Path(report.model.path) / "model.json").read_text())
+    assert len(description["classes"]) == 2
+    if layout == "coco":
+        assert description["classes"] == ["shape 0", "shape 1"]  # the file's category names
