@@ -4,7 +4,6 @@ with a checkpoint and resumes exactly where it left off, on one rank and on two.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,21 +13,21 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
+from kubetrain.api.report import EXIT_PERMANENT
 from kubetrain.trainer.checkpoints import MANIFEST
-from tests.trainer.conftest import TrainerRun, Workspace, free_port, launch, spec, stop_all
+from tests.trainer.conftest import (
+    TrainerRun,
+    Workspace,
+    assert_completed,
+    finished,
+    launch,
+    resume_repeats,
+    spec,
+    stop_mid_epoch,
+    two_ranks_stop_together_and_resume_exactly,
+)
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def assert_same_losses(expected: dict[int, float], actual: dict[int, float]) -> None:
-    assert expected.keys() == actual.keys()
-    for step, loss in expected.items():
-        assert math.isclose(actual[step], loss, rel_tol=1e-5, abs_tol=1e-6), (
-            step,
-            loss,
-            actual[step],
-        )
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +35,15 @@ def uninterrupted(
     workspace: Workspace, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TrainerRun]:
     """One whole single-rank run, the reference the interrupted runs are held to."""
-    run = launch(
-        workspace, tmp_path_factory.mktemp("single") / "uninterrupted", spec(workspace.model)
-    )
-    try:
-        assert run.wait() == 0, run.output()
-        yield run
-    finally:
-        stop_all([run])
+    directory = tmp_path_factory.mktemp("single") / "uninterrupted"
+    yield from finished(launch(workspace, directory, spec(workspace.model)))
 
 
 def test_training_lowers_the_loss_and_publishes_a_reloadable_adapter(
     workspace: Workspace, uninterrupted: TrainerRun
 ) -> None:
-    run = uninterrupted
-    losses = [loss for _, loss in sorted(run.step_losses().items())]
-    assert len(losses) == 18
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
-    assert set(run.eval_losses()) == {9, 18}
-
-    report = decode(json.dumps(run.report()))
-    assert report.state == "completed"
-    assert (report.step, report.total_steps, report.epoch, report.total_epochs) == (18, 18, 2, 2)
-    assert report.model is not None and report.model.format == "peft-lora"
-    assert [c.id for c in report.checkpoints] == ["ckpt-00000012", "ckpt-00000016"]
-    assert report.throughput and report.throughput > 0
-    assert run.message().startswith("completed 18 steps (2.00 epochs)")
-
-    adapter = Path(report.model.path) / "adapter"
+    published = assert_completed(uninterrupted, "peft-lora", loss_drop=0.05)
+    adapter = Path(published) / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
     base = AutoModelForCausalLM.from_pretrained(workspace.model)
@@ -76,12 +56,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_repeats_the_run_exactly(
     workspace: Workspace, start_trainer: Any, uninterrupted: TrainerRun, tmp_path: Path
 ) -> None:
     directory = tmp_path / "interrupted"
-    run = start_trainer(directory, spec(workspace.model), env={"KUBETRAIN_PAUSE_AT_STEP": "6"})
-    run.wait_for_step(6)
-    run.stop()
-    assert run.wait() == EXIT_STOPPED, run.output()
-    assert run.message() == "stopped at step 6 after checkpoint ckpt-00000006; resumable"
-    assert sorted(p.name for p in directory.glob("ckpt-*")) == ["ckpt-00000004", "ckpt-00000006"]
+    stop_mid_epoch(start_trainer, directory, spec(workspace.model))
 
     # A newer checkpoint left half-written (no manifest) and a torn one must be skipped.
     torn = directory / "ckpt-00000008"
@@ -94,44 +69,13 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_repeats_the_run_exactly(
     shutil.copytree(directory / "ckpt-00000006", half)
     (half / MANIFEST).unlink()
 
-    resumed = start_trainer(directory, spec(workspace.model), env={"RESUME_FROM": "latest"})
-    assert resumed.wait() == 0, resumed.output()
-    assert "resuming from checkpoint ckpt-00000006 (step 6)" in resumed.output()
-    assert_same_losses(uninterrupted.step_losses(), resumed.step_losses())
-    assert_same_losses(uninterrupted.eval_losses(), resumed.eval_losses())
+    resume_repeats(start_trainer, directory, spec(workspace.model), uninterrupted)
 
 
 def test_two_ranks_stop_together_and_resume_exactly(
     workspace: Workspace, start_trainer: Any, tmp_path: Path
 ) -> None:
-    job = spec(workspace.model)
-    reference = start_trainer(tmp_path / "torchrun", job, torchrun=2)
-    assert reference.wait() == 0, reference.output()
-    assert len(reference.step_losses()) == 10  # 36 samples / (2 ranks x 4) = 5 steps per epoch
-
-    pod = {
-        "NPROC_PER_NODE": "2",
-        "NNODES": "1",
-        "NODE_RANK": "0",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-    }
-    directory = tmp_path / "launcher"
-    run = start_trainer(directory, job, env=pod | {"KUBETRAIN_PAUSE_AT_STEP": "3"})
-    run.wait_for_step(3)
-    run.stop()  # the Pod's PID 1 (the launcher) forwards it to both ranks
-    assert run.wait() == EXIT_STOPPED, run.output()
-    assert "stopped at step 3 after checkpoint ckpt-00000003" in run.message()
-    checkpoint = directory / "ckpt-00000003"
-    assert {"rng_state_0.pth", "rng_state_1.pth", MANIFEST} <= {
-        p.name for p in checkpoint.iterdir()
-    }
-
-    resumed = start_trainer(directory, job, env=pod | {"MASTER_PORT": str(free_port())})
-    assert resumed.wait() == 0, resumed.output()
-    assert_same_losses(reference.step_losses(), resumed.step_losses())
-    assert_same_losses(reference.eval_losses(), resumed.eval_losses())
+    two_ranks_stop_together_and_resume_exactly(start_trainer, spec(workspace.model), tmp_path)
 
 
 def test_too_few_samples_fail_fast_with_a_clear_message(

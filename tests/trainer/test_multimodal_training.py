@@ -14,11 +14,20 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, MODEL_MANIFEST, decode
-from kubetrain.trainer.checkpoints import MANIFEST
+from kubetrain.api.report import EXIT_PERMANENT, MODEL_MANIFEST, decode
 from kubetrain.trainer.multimodal.model import random_model
-from tests.trainer.conftest import TrainerRun, Workspace, free_port, launch, stop_all
-from tests.trainer.test_lora_training import assert_same_losses
+from tests.trainer.conftest import (
+    Start,
+    TrainerRun,
+    Workspace,
+    assert_completed,
+    finished,
+    launch,
+    resume_repeats,
+    starting,
+    stop_mid_epoch,
+    two_ranks_stop_together_and_resume_exactly,
+)
 from tests.trainer.tiny_vlm import picture, spec, write_dataset
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,17 +43,9 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 @pytest.fixture
-def start(pictures: Workspace) -> Iterator[Any]:
+def start(pictures: Workspace) -> Iterator[Start]:
     """``launch`` of the multimodal trainer; whatever still runs at the end is killed."""
-    started: list[TrainerRun] = []
-
-    def begin(directory: Path, job: dict[str, Any], **options: Any) -> TrainerRun:
-        run = launch(pictures, directory, job, module=MODULE, **options)
-        started.append(run)
-        return run
-
-    yield begin
-    stop_all(started)
+    yield from starting(pictures, MODULE)
 
 
 @pytest.fixture(scope="module")
@@ -53,34 +54,15 @@ def uninterrupted(
 ) -> Iterator[TrainerRun]:
     """One whole single-rank run (merging its adapter), the reference for interrupted runs."""
     directory = tmp_path_factory.mktemp("single") / "uninterrupted"
-    run = launch(
-        pictures, directory, spec(), env={"KUBETRAIN_MERGE_ADAPTER": "true"}, module=MODULE
+    yield from finished(
+        launch(pictures, directory, spec(), env={"KUBETRAIN_MERGE_ADAPTER": "true"}, module=MODULE)
     )
-    try:
-        assert run.wait() == 0, run.output()
-        yield run
-    finally:
-        stop_all([run])
 
 
 def test_training_lowers_the_loss_and_publishes_a_model_that_reloads(
     uninterrupted: TrainerRun,
 ) -> None:
-    run = uninterrupted
-    losses = [loss for _, loss in sorted(run.step_losses().items())]
-    assert len(losses) == 18
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
-    assert set(run.eval_losses()) == {9, 18}
-
-    report = decode(json.dumps(run.report()))
-    assert report.state == "completed"
-    assert (report.step, report.total_steps, report.epoch, report.total_epochs) == (18, 18, 2, 2)
-    assert report.model is not None and report.model.format == "peft-lora+merged"
-    assert [c.id for c in report.checkpoints] == ["ckpt-00000012", "ckpt-00000016"]
-    assert report.throughput and report.throughput > 0
-    assert run.message().startswith("completed 18 steps (2.00 epochs)")
-
-    published = Path(report.model.path)
+    published = Path(assert_completed(uninterrupted, "peft-lora+merged", loss_drop=0.3))
     manifest = json.loads((published / MODEL_MANIFEST).read_text())
     assert (
         manifest["format"] == "peft-lora+merged"
@@ -112,49 +94,12 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_repeats_the_run_exactly(
     start: Any, uninterrupted: TrainerRun, tmp_path: Path
 ) -> None:
     directory = tmp_path / "interrupted"
-    run = start(directory, spec(), env={"KUBETRAIN_PAUSE_AT_STEP": "6"})
-    run.wait_for_step(6)
-    run.stop()
-    assert run.wait() == EXIT_STOPPED, run.output()
-    assert run.message() == "stopped at step 6 after checkpoint ckpt-00000006; resumable"
-    assert sorted(p.name for p in directory.glob("ckpt-*")) == ["ckpt-00000004", "ckpt-00000006"]
-
-    resumed = start(directory, spec(), env={"RESUME_FROM": "latest"})
-    assert resumed.wait() == 0, resumed.output()
-    assert "resuming from checkpoint ckpt-00000006 (step 6)" in resumed.output()
-    assert_same_losses(uninterrupted.step_losses(), resumed.step_losses())
-    assert_same_losses(uninterrupted.eval_losses(), resumed.eval_losses())
+    stop_mid_epoch(start, directory, spec())
+    resume_repeats(start, directory, spec(), uninterrupted)
 
 
 def test_two_ranks_stop_together_and_resume_exactly(start: Any, tmp_path: Path) -> None:
-    job = spec()
-    reference = start(tmp_path / "torchrun", job, torchrun=2)
-    assert reference.wait() == 0, reference.output()
-    assert len(reference.step_losses()) == 10  # 36 samples / (2 ranks x 4) = 5 steps per epoch
-
-    pod = {
-        "NPROC_PER_NODE": "2",
-        "NNODES": "1",
-        "NODE_RANK": "0",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-    }
-    directory = tmp_path / "launcher"
-    run = start(directory, job, env=pod | {"KUBETRAIN_PAUSE_AT_STEP": "3"})
-    run.wait_for_step(3)
-    run.stop()  # the Pod's PID 1 (the launcher) forwards it to both ranks
-    assert run.wait() == EXIT_STOPPED, run.output()
-    assert "stopped at step 3 after checkpoint ckpt-00000003" in run.message()
-    checkpoint = directory / "ckpt-00000003"
-    assert {"rng_state_0.pth", "rng_state_1.pth", MANIFEST} <= {
-        p.name for p in checkpoint.iterdir()
-    }
-
-    resumed = start(directory, job, env=pod | {"MASTER_PORT": str(free_port())})
-    assert resumed.wait() == 0, resumed.output()
-    assert_same_losses(reference.step_losses(), resumed.step_losses())
-    assert_same_losses(reference.eval_losses(), resumed.eval_losses())
+    two_ranks_stop_together_and_resume_exactly(start, spec(), tmp_path)
 
 
 def test_full_fine_tuning_publishes_the_whole_model(start: Any, tmp_path: Path) -> None:

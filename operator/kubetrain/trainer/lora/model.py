@@ -8,10 +8,10 @@ tests and throughput benchmarks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -107,29 +107,57 @@ def load_base(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model and its tokenizer, ready for adapters: from ``fetched`` (the fetch
     stage's copy of spec.llm.baseModel in the cache) when there is one."""
-    source = str(fetched) if fetched is not None else llm.base_model
-    quantization = four_bit(precision, cuda) if llm.strategy is Strategy.QLORA else None
-    if source.startswith(RANDOM_SCHEME):
-        if quantization is not None:
-            raise ConfigError(f"spec.llm.baseModel {source}: qlora needs a pretrained model")
-        model, tokenizer = random_model(
-            source[len(RANDOM_SCHEME) :], seed, precision.base_dtype, attention
-        )
-    else:
-        model, tokenizer = _pretrained(source, precision, quantization, attention)
+    model, tokenizer = open_base(
+        base_source(llm, fetched),
+        llm.strategy,
+        precision,
+        seed=seed,
+        cuda=cuda,
+        attention=attention,
+        random=random_model,
+        pretrained=_pretrained,
+        trainer="LoRA",
+    )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False
     return model, tokenizer
 
 
-def _pretrained(
-    source: str, precision: Precision, quantization: Any, attention: str
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def base_source(llm: LLMConfig, fetched: Path | None) -> str:
+    """Where the base model comes from: the fetched copy when there is one, else the spec's."""
+    return str(fetched) if fetched is not None else llm.base_model
+
+
+Parts = TypeVar("Parts")
+
+
+def open_base(
+    source: str,
+    strategy: Strategy,
+    precision: Precision,
+    *,
+    seed: int,
+    cuda: bool,
+    attention: str,
+    random: Callable[[str, int, torch.dtype, str], tuple[PreTrainedModel, Parts]],
+    pretrained: Callable[[str, dict[str, Any]], tuple[PreTrainedModel, Parts]],
+    trainer: str,
+    loads_as: str = "",
+) -> tuple[PreTrainedModel, Parts]:
+    """A base model and what goes with it (tokenizer, processor): ``random(preset, seed, dtype,
+    attention)`` for ``random://<preset>``, else ``pretrained(name, from_pretrained kwargs)``
+    for a path or hub id, 4-bit for qlora. Errors name the ``trainer`` and, when loading
+    fails, what the model had to load as (``loads_as``)."""
+    quantization = four_bit(precision, cuda) if strategy is Strategy.QLORA else None
+    if source.startswith(RANDOM_SCHEME):
+        if quantization is not None:
+            raise ConfigError(f"spec.llm.baseModel {source}: qlora needs a pretrained model")
+        return random(source[len(RANDOM_SCHEME) :], seed, precision.base_dtype, attention)
     if source.startswith(UNSUPPORTED_SCHEMES):
         raise ConfigError(
-            f"spec.llm.baseModel {source}: this scheme is not supported by the LoRA trainer; "
-            "put the model on a volume (a path) or use a Hugging Face Hub id"
+            f"spec.llm.baseModel {source}: this scheme is not supported by the {trainer} "
+            "trainer; put the model on a volume (a path) or use a Hugging Face Hub id"
         )
     name = source.removeprefix("hf://")
     kwargs: dict[str, Any] = {"dtype": precision.base_dtype, "attn_implementation": attention}
@@ -137,14 +165,20 @@ def _pretrained(
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = cast(PreTrainedModel, AutoModelForCausalLM.from_pretrained(name, **kwargs))
+        return pretrained(name, kwargs)
     except (OSError, ValueError) as err:
         where = "path" if Path(name).is_absolute() else "model"
         raise TrainerError(
-            f"cannot load base {where} {name}: {' '.join(str(err).split())[:400]}"
+            f"cannot load base {where} {name}{f' as {loads_as}' if loads_as else ''}: "
+            f"{' '.join(str(err).split())[:400]}"
         ) from None
-    return model, tokenizer
+
+
+def _pretrained(
+    name: str, kwargs: dict[str, Any]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    return cast(PreTrainedModel, AutoModelForCausalLM.from_pretrained(name, **kwargs)), tokenizer
 
 
 def four_bit(precision: Precision, cuda: bool) -> Any:

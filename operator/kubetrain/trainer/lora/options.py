@@ -7,7 +7,7 @@ Everything else comes from the TrainingJob spec; these few are environment varia
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,24 +70,33 @@ def preflight(env: RuntimeEnv, spec: TrainingJobSpec) -> Records:
         raise ConfigError(
             f"spec.modelType is {spec.model_type.value}: the LoRA trainer trains modelType llm"
         )
+    records = dataset_records(env, spec, synthetic=synthetic_records, read=read_records)
+    require_enough(len(records.items), records.source, unusable_note(records))
+    return records
+
+
+def dataset_records(
+    env: RuntimeEnv,
+    spec: TrainingJobSpec,
+    *,
+    synthetic: Callable[[int, int], Records],
+    read: Callable[[Path, str | None], Records],
+) -> Records:
+    """The job's records, from the trainer's own ``synthetic(samples, seed)`` or
+    ``read(path, format)``; a spec.llm.baseModel path that is no directory fails first."""
+    assert spec.llm is not None, "the trainer's preflight checked spec.llm"
     base = spec.llm.base_model
     if base.startswith(("/", "./", "../")) and not Path(base).is_dir():
         raise ConfigError(f"spec.llm.baseModel: {base} is not a directory (no model there)")
     dataset = spec.dataset
     if dataset.synthetic is not None:
-        records = synthetic_records(dataset.synthetic.samples, spec.training.seed)
-    elif env.dataset_path is not None:
-        fmt = dataset.format.value if dataset.format is not None else None
-        records = read_records(env.dataset_path, fmt)
-    elif dataset.uri is not None or env.dataset_uri:
+        return synthetic(dataset.synthetic.samples, spec.training.seed)
+    if env.dataset_path is not None:
+        return read(env.dataset_path, dataset.format.value if dataset.format is not None else None)
+    if dataset.uri is not None or env.dataset_uri:
         raise ConfigError(
             f"spec.dataset.uri {dataset.uri or env.dataset_uri} was not fetched: the operator's "
             "fetch stage puts it in the cache and sets KUBETRAIN_DATASET_PATH (outside the "
             "operator, set it to a local copy)"
         )
-    else:
-        raise ConfigError(
-            "KUBETRAIN_DATASET_PATH is not set (the dataset volume's file or directory)"
-        )
-    require_enough(len(records.items), records.source, unusable_note(records))
-    return records
+    raise ConfigError("KUBETRAIN_DATASET_PATH is not set (the dataset volume's file or directory)")

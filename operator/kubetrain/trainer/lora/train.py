@@ -12,36 +12,42 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 import transformers
+from torch import nn
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
+    ProcessorMixin,
     Trainer,
     TrainingArguments,
 )
 
-from kubetrain.api import Strategy, TrainingJobSpec
+from kubetrain.api import LLMConfig, Strategy, TrainingJobSpec
 from kubetrain.api.report import ReportedModel
 from kubetrain.trainer import outputs
 from kubetrain.trainer.config import RuntimeEnv
+from kubetrain.trainer.entry import run_once
 from kubetrain.trainer.hf_callback import RuntimeCallback
 from kubetrain.trainer.lora.data import Example, Records, require_enough, split, tokenize
 from kubetrain.trainer.lora.model import (
+    Precision,
     add_adapters,
     load_base,
     model_shape,
     settle_precision,
 )
 from kubetrain.trainer.lora.options import LoraOptions, preflight
-from kubetrain.trainer.metrics import peak_flops
-from kubetrain.trainer.runtime import Outcome, TrainerError
+from kubetrain.trainer.metrics import ModelShape, peak_flops
+from kubetrain.trainer.runtime import Outcome
 from kubetrain.trainer.session import TrainingSession
 from kubetrain.trainer.signals import any_rank
 
@@ -55,23 +61,13 @@ def run(
     records: Records | None = None,
 ) -> Outcome:
     """Train (or resume) the job's adapter; returns how the run ended."""
-    options = options or LoraOptions.from_env()
-    records = records or preflight(env, spec)
+    checked = options or LoraOptions.from_env()
+    data = records or preflight(env, spec)
     session = TrainingSession(env, spec)
-    done = outputs.published(env.output_dir) if not env.resume_from else None
-    if done is not None:
-        model, manifest = done
-        message = f"already completed: {manifest.get('summary', 'model')} in {model.path}"
-        session.finish("completed", message, model)
-        return Outcome.completed(message)
-    try:
-        resume = session.begin()
-        outcome = _train(spec, options, session, records, resume=resume.path if resume else None)
-    except BaseException as err:
-        reason = str(err) if isinstance(err, TrainerError) else f"{type(err).__name__}: {err}"
-        session.finish("failed", reason[:1024])
-        raise
-    return outcome
+    return run_once(
+        session,
+        lambda resume: _train(spec, checked, session, data, resume=resume.path if resume else None),
+    )
 
 
 def _train(
@@ -82,26 +78,10 @@ def _train(
     *,
     resume: os.PathLike[str] | None,
 ) -> Outcome:
-    env = session.env
     llm = spec.llm
     assert llm is not None, "preflight checked spec.llm"
-    transformers.logging.set_verbosity_warning()  # type: ignore[no-untyped-call]
-    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    cuda = torch.cuda.is_available()
-    precision = settle_precision(spec.optimization.mixed_precision.value, llm.strategy, cuda)
-    seed = spec.training.seed
-    transformers.set_seed(seed)
-    base, tokenizer = load_base(
-        llm,
-        precision,
-        seed=seed,
-        cuda=cuda,
-        attention=options.attention,
-        fetched=session.env.base_model_path,
-    )
-    transformers.set_seed(seed)
-    model = add_adapters(base, llm, gradient_checkpointing=spec.optimization.gradient_checkpointing)
-
+    base = adapted_base(spec, session.env, load_base, attention=options.attention)
+    tokenizer = base.processing
     examples = tokenize(records.items, tokenizer, llm.max_seq_length)
     lost = len(records.items) - len(examples)
     require_enough(
@@ -111,29 +91,25 @@ def _train(
         if lost
         else "",
     )
-    train_set, eval_set = split(examples, options.validation_fraction, seed)
+    train_set, eval_set = split(examples, options.validation_fraction, spec.training.seed)
     args = training_arguments(
         spec,
         session,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        cuda=cuda,
+        bf16=base.precision.bf16,
+        fp16=base.precision.fp16,
+        cuda=base.cuda,
         packing=options.packing,
         evaluate=bool(eval_set),
     )
-    world = env.distributed.world_size
-    device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    callback = RuntimeCallback(
+    callback = runtime_callback(
         session,
-        shape=model_shape(model),
+        shape=model_shape(base.model),
         context=_mean_length(train_set),
-        peak_flops=peak_flops(device_name, options.peak_tflops),
-        samples_per_step=spec.training.batch_size
-        * spec.training.gradient_accumulation_steps
-        * world,
+        peak_tflops=options.peak_tflops,
+        cuda=base.cuda,
     )
     trainer = Trainer(
-        model=model,
+        model=base.model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set or None,
@@ -141,8 +117,108 @@ def _train(
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    return fit(trainer, callback, session, tokenizer, resume=resume, merge=options.merge_adapter)
+
+
+Processing = TypeVar("Processing", PreTrainedTokenizerBase, ProcessorMixin)
+"""What turns a sample into model inputs, saved beside the model: a tokenizer or a processor."""
+Loaded_co = TypeVar("Loaded_co", PreTrainedTokenizerBase, ProcessorMixin, covariant=True)
+
+
+class BaseLoader(Protocol[Loaded_co]):
+    """A trainer's ``load_base``: the base model and its tokenizer or processor."""
+
+    def __call__(
+        self,
+        llm: LLMConfig,
+        precision: Precision,
+        *,
+        seed: int,
+        cuda: bool,
+        attention: str,
+        fetched: Path | None,
+    ) -> tuple[PreTrainedModel, Loaded_co]: ...
+
+
+@dataclass(frozen=True)
+class AdaptedBase(Generic[Processing]):
+    """The model to train (adapters on, or the whole base for full fine-tuning), its tokenizer
+    or processor, and the precision settled for this device."""
+
+    model: nn.Module
+    processing: Processing
+    precision: Precision
+    cuda: bool
+
+
+def adapted_base(
+    spec: TrainingJobSpec,
+    env: RuntimeEnv,
+    load: BaseLoader[Processing],
+    *,
+    attention: str,
+    default_targets: Callable[[PreTrainedModel], str | list[str] | None] = lambda _: None,
+) -> AdaptedBase[Processing]:
+    """Settle the precision, load the base (seeded; the fetched copy when there is one) and
+    add the adapters: on spec.llm.lora.targetModules, else on ``default_targets(base)``."""
+    llm = spec.llm
+    assert llm is not None, "preflight checked spec.llm"
+    transformers.logging.set_verbosity_warning()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    cuda = torch.cuda.is_available()
+    precision = settle_precision(spec.optimization.mixed_precision.value, llm.strategy, cuda)
+    seed = spec.training.seed
+    transformers.set_seed(seed)
+    base, processing = load(
+        llm, precision, seed=seed, cuda=cuda, attention=attention, fetched=env.base_model_path
+    )
+    transformers.set_seed(seed)
+    model = add_adapters(
+        base,
+        llm,
+        gradient_checkpointing=spec.optimization.gradient_checkpointing,
+        default_targets=default_targets(base),
+    )
+    return AdaptedBase(model, processing, precision, cuda)
+
+
+def runtime_callback(
+    session: TrainingSession,
+    *,
+    shape: ModelShape,
+    context: float,
+    peak_tflops: float | None,
+    cuda: bool,
+) -> RuntimeCallback:
+    """The callback through which the runtime sees the Trainer: progress, throughput and MFU
+    (against this device's peak), checkpoints and stop."""
+    training = session.spec.training
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    return RuntimeCallback(
+        session,
+        shape=shape,
+        context=context,
+        peak_flops=peak_flops(device_name, peak_tflops),
+        samples_per_step=training.batch_size
+        * training.gradient_accumulation_steps
+        * session.env.distributed.world_size,
+    )
+
+
+def fit(
+    trainer: Trainer,
+    callback: RuntimeCallback,
+    session: TrainingSession,
+    processing: PreTrainedTokenizerBase | ProcessorMixin,
+    *,
+    resume: os.PathLike[str] | None,
+    merge: bool,
+    samples_rate: bool = False,
+) -> Outcome:
+    """Train (from ``resume``), then publish the model with ``processing`` beside it and finish
+    the session; a stop asked for before or during training ends resumable instead."""
     trainer.remove_callback(PrinterCallback)  # the runtime logs progress, rate-limited
-    if any_rank(session.should_stop(), args.device):
+    if any_rank(session.should_stop(), trainer.args.device):
         message = "stopped before training began; resumable" + (
             f" from {os.fspath(resume)}" if resume else ""
         )
@@ -160,14 +236,18 @@ def _train(
         session.finish("stopping", message)
         return Outcome.stopped(message)
 
-    summary = _summary(trainer, session, result.training_loss, elapsed, callback.early_stopped)
-    model_ref = _publish(
+    summary = training_summary(
         trainer,
-        tokenizer,
-        llm.strategy,
-        env.output_dir,
-        merge=options.merge_adapter,
-        summary=summary,
+        session,
+        result.training_loss,
+        elapsed,
+        callback.early_stopped,
+        samples_rate=samples_rate,
+    )
+    llm = session.spec.llm
+    assert llm is not None, "preflight checked spec.llm"
+    model_ref = publish(
+        trainer, processing, llm.strategy, session.env.output_dir, merge=merge, summary=summary
     )
     session.update(step=trainer.state.global_step, epoch=float(trainer.state.epoch or 0.0))
     message = f"{summary}; model in {model_ref.path}" if model_ref else summary
@@ -241,16 +321,17 @@ def collator(tokenizer: PreTrainedTokenizerBase, packing: bool) -> Any:
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
-def _publish(
+def publish(
     trainer: Trainer,
-    tokenizer: PreTrainedTokenizerBase,
+    processing: PreTrainedTokenizerBase | ProcessorMixin,
     strategy: Strategy,
     output_dir: Path,
     *,
     merge: bool,
     summary: str,
 ) -> ReportedModel | None:
-    """Rank 0 writes the adapter (and, if asked, the merged model) and publishes them."""
+    """Rank 0 writes the adapter (and, if asked, the merged model) or the whole model, each
+    with its tokenizer or processor beside it, and publishes them."""
     model_ref: ReportedModel | None = None
     if trainer.is_world_process_zero():
         staged = outputs.staging_dir(output_dir)
@@ -258,16 +339,16 @@ def _publish(
         if strategy is Strategy.FULL:
             fmt = "safetensors"
             model.save_pretrained(staged / "model", safe_serialization=True)
-            tokenizer.save_pretrained(staged / "model")
+            processing.save_pretrained(staged / "model")
         else:
             fmt = "peft-lora"
             model.save_pretrained(staged / "adapter", safe_serialization=True)
-            tokenizer.save_pretrained(staged / "adapter")
+            processing.save_pretrained(staged / "adapter")
             if merge and strategy is Strategy.LORA:
                 fmt = "peft-lora+merged"
                 merged = model.merge_and_unload()  # type: ignore[operator]
                 merged.save_pretrained(staged / "merged", safe_serialization=True)
-                tokenizer.save_pretrained(staged / "merged")
+                processing.save_pretrained(staged / "merged")
             elif merge:
                 log.warning(
                     "not merging a QLoRA adapter into a 4-bit base model; the adapter is saved"
@@ -277,9 +358,17 @@ def _publish(
     return model_ref
 
 
-def _summary(
-    trainer: Trainer, session: TrainingSession, train_loss: float, elapsed: float, early: bool
+def training_summary(
+    trainer: Trainer,
+    session: TrainingSession,
+    train_loss: float,
+    elapsed: float,
+    early: bool,
+    *,
+    samples_rate: bool = False,
 ) -> str:
+    """The completed run in a line: steps, epochs, time, losses and throughput (tokens/s, and
+    samples/s when ``samples_rate``, for samples whose cost tokens do not tell)."""
     state = trainer.state
     parts = [
         f"completed {state.global_step} steps ({float(state.epoch or 0):.2f} epochs"
@@ -291,6 +380,8 @@ def _summary(
     ]
     if session.eval_loss is not None:
         parts.append(f"eval loss {session.eval_loss:.4f}")
+    if samples_rate and (samples := session.metrics.get("samplesPerSecond")) is not None:
+        parts.append(f"{samples:.1f} samples/s")
     if session.throughput:
         parts.append(f"{session.throughput:.0f} tokens/s")
     return ", ".join(parts)

@@ -6,35 +6,33 @@ with several GPUs per Pod, starts one process per GPU and waits for them.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from kubetrain.trainer.config import RuntimeEnv, load_spec
-from kubetrain.trainer.launch import launch
+from kubetrain.api import TrainingJobSpec
+from kubetrain.trainer import entry
+from kubetrain.trainer.config import RuntimeEnv
+from kubetrain.trainer.lora.data import Records
 from kubetrain.trainer.multimodal.options import MultimodalOptions, preflight
-from kubetrain.trainer.runtime import Outcome, configure_logging, run_entry
+from kubetrain.trainer.runtime import Outcome
 
 MODULE = "kubetrain.trainer.multimodal"
 
 
-def _main() -> Outcome:
-    env = RuntimeEnv.from_env()
-    spec = load_spec()
+def _check(env: RuntimeEnv, spec: TrainingJobSpec) -> tuple[MultimodalOptions, Records]:
     options = MultimodalOptions.from_env()
-    records = preflight(env, spec)  # bad data fails here, in a second, once per Pod
-    dist = env.distributed
-    if dist.needs_launcher:
-        return launch([sys.executable, "-m", MODULE], dist)
-    if dist.world_size > 1 and not dist.launched:  # one process per Pod, several Pods
-        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", RANK=str(dist.rank))
+    return options, preflight(env, spec)  # bad data fails here, in a second, once per Pod
+
+
+def _train(
+    env: RuntimeEnv, spec: TrainingJobSpec, checked: tuple[MultimodalOptions, Records]
+) -> Outcome:
     from kubetrain.trainer.multimodal.train import run  # noqa: PLC0415 - torch, only where training runs
 
-    return run(env, spec, options, records)
+    return run(env, spec, *checked)
 
 
 def main() -> int:
-    configure_logging(int(os.environ.get("RANK", "0") or 0))
-    return run_entry(_main)
+    return entry.main(MODULE, _check, _train)
 
 
 if __name__ == "__main__":

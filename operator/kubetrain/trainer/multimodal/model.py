@@ -27,18 +27,17 @@ from transformers import (
     ProcessorMixin,
 )
 
-from kubetrain.api import LLMConfig, Strategy
+from kubetrain.api import LLMConfig
 from kubetrain.trainer.config import ConfigError
 from kubetrain.trainer.lora.model import (
     RANDOM_SCHEME,
-    UNSUPPORTED_SCHEMES,
     Precision,
+    base_source,
     byte_tokenizer,
-    four_bit,
     model_shape,
+    open_base,
 )
 from kubetrain.trainer.metrics import ModelShape
-from kubetrain.trainer.runtime import TrainerError
 
 IDEFICS3_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
 CHAT_TEMPLATE = (
@@ -118,16 +117,19 @@ def load_base(
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """The base model and its processor, ready for adapters: from ``fetched`` (the fetch
     stage's copy of spec.llm.baseModel in the cache) when there is one."""
-    source = str(fetched) if fetched is not None else llm.base_model
-    quantization = four_bit(precision, cuda) if llm.strategy is Strategy.QLORA else None
-    if source.startswith(RANDOM_SCHEME):
-        if quantization is not None:
-            raise ConfigError(f"spec.llm.baseModel {source}: qlora needs a pretrained model")
-        model, processor = random_model(
-            source[len(RANDOM_SCHEME) :], seed, precision.base_dtype, attention
-        )
-    else:
-        model, processor = _pretrained(source, precision, quantization, attention)
+    source = base_source(llm, fetched)
+    model, processor = open_base(
+        source,
+        llm.strategy,
+        precision,
+        seed=seed,
+        cuda=cuda,
+        attention=attention,
+        random=random_model,
+        pretrained=_pretrained,
+        trainer="multimodal",
+        loads_as="an image-text-to-text model",
+    )
     tokenizer: Any = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise ConfigError(f"spec.llm.baseModel {source}: its processor has no tokenizer")
@@ -138,28 +140,9 @@ def load_base(
     return model, processor
 
 
-def _pretrained(
-    source: str, precision: Precision, quantization: Any, attention: str
-) -> tuple[PreTrainedModel, ProcessorMixin]:
-    if source.startswith(UNSUPPORTED_SCHEMES):
-        raise ConfigError(
-            f"spec.llm.baseModel {source}: this scheme is not supported by the multimodal "
-            "trainer; put the model on a volume (a path) or use a Hugging Face Hub id"
-        )
-    name = source.removeprefix("hf://")
-    kwargs: dict[str, Any] = {"dtype": precision.base_dtype, "attn_implementation": attention}
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    try:
-        processor = AutoProcessor.from_pretrained(name)  # type: ignore[no-untyped-call]
-        model = cast(PreTrainedModel, AutoModelForImageTextToText.from_pretrained(name, **kwargs))
-    except (OSError, ValueError) as err:
-        where = "path" if Path(name).is_absolute() else "model"
-        raise TrainerError(
-            f"cannot load base {where} {name} as an image-text-to-text model: "
-            f"{' '.join(str(err).split())[:400]}"
-        ) from None
+def _pretrained(name: str, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, ProcessorMixin]:
+    processor = AutoProcessor.from_pretrained(name)  # type: ignore[no-untyped-call]
+    model = cast(PreTrainedModel, AutoModelForImageTextToText.from_pretrained(name, **kwargs))
     return model, cast(ProcessorMixin, processor)
 
 

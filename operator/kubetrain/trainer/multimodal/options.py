@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from kubetrain.api import ModelType, TrainingJobSpec
 from kubetrain.trainer.config import ConfigError, RuntimeEnv
 from kubetrain.trainer.lora.data import Records, require_enough
-from kubetrain.trainer.lora.options import LoraOptions
+from kubetrain.trainer.lora.options import LoraOptions, dataset_records
 from kubetrain.trainer.multimodal.data import read_records, synthetic_records
 
 
@@ -46,24 +45,6 @@ def preflight(env: RuntimeEnv, spec: TrainingJobSpec) -> Records:
             f"spec.modelType is {spec.model_type.value}: "
             "the multimodal trainer trains modelType multimodal"
         )
-    base = spec.llm.base_model
-    if base.startswith(("/", "./", "../")) and not Path(base).is_dir():
-        raise ConfigError(f"spec.llm.baseModel: {base} is not a directory (no model there)")
-    dataset = spec.dataset
-    if dataset.synthetic is not None:
-        records = synthetic_records(dataset.synthetic.samples, spec.training.seed)
-    elif env.dataset_path is not None:
-        fmt = dataset.format.value if dataset.format is not None else None
-        records = read_records(env.dataset_path, fmt)
-    elif dataset.uri is not None or env.dataset_uri:
-        raise ConfigError(
-            f"spec.dataset.uri {dataset.uri or env.dataset_uri} was not fetched: the operator's "
-            "fetch stage puts it in the cache and sets KUBETRAIN_DATASET_PATH (outside the "
-            "operator, set it to a local copy)"
-        )
-    else:
-        raise ConfigError(
-            "KUBETRAIN_DATASET_PATH is not set (the dataset volume's file or directory)"
-        )
+    records = dataset_records(env, spec, synthetic=synthetic_records, read=read_records)
     require_enough(len(records.items), records.source)
     return records

@@ -6,36 +6,30 @@ with several GPUs per Pod, starts one process per GPU and waits for them.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from kubetrain.trainer.config import RuntimeEnv, load_spec
-from kubetrain.trainer.launch import launch
-from kubetrain.trainer.runtime import Outcome, configure_logging, run_entry
-from kubetrain.trainer.vision.options import VisionOptions, preflight
+from kubetrain.api import TrainingJobSpec
+from kubetrain.trainer import entry
+from kubetrain.trainer.config import RuntimeEnv
+from kubetrain.trainer.runtime import Outcome
+from kubetrain.trainer.vision.options import Plan, VisionOptions, preflight
 
 MODULE = "kubetrain.trainer.vision"
 
 
-def _main() -> Outcome:
-    env = RuntimeEnv.from_env()
-    spec = load_spec()
+def _check(env: RuntimeEnv, spec: TrainingJobSpec) -> tuple[VisionOptions, Plan]:
     options = VisionOptions.from_env()
-    dist = env.distributed
-    if dist.needs_launcher:
-        preflight(env, spec, options)  # fail once, clearly, rather than once per rank
-        return launch([sys.executable, "-m", MODULE], dist)
-    if dist.world_size > 1 and not dist.launched:  # one process per Pod, several Pods
-        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", RANK=str(dist.rank))
-    plan = preflight(env, spec, options)  # before torch is imported: fails in a second
+    return options, preflight(env, spec, options)  # before torch is imported: fails in a second
+
+
+def _train(env: RuntimeEnv, spec: TrainingJobSpec, checked: tuple[VisionOptions, Plan]) -> Outcome:
     from kubetrain.trainer.vision.train import run  # noqa: PLC0415 - torch, only where training runs
 
-    return run(env, spec, options, plan)
+    return run(env, spec, *checked)
 
 
 def main() -> int:
-    configure_logging(int(os.environ.get("RANK", "0") or 0))
-    return run_entry(_main)
+    return entry.main(MODULE, _check, _train)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import torch
 import torch.distributed as dist
 
 from kubetrain.api import TrainingJobSpec
-from kubetrain.trainer import outputs
+from kubetrain.trainer.checkpoints import CheckpointInfo
 from kubetrain.trainer.config import Distributed, RuntimeEnv
+from kubetrain.trainer.entry import run_once
 from kubetrain.trainer.runtime import Outcome
 from kubetrain.trainer.vision.building import build_setup
 from kubetrain.trainer.vision.loop import Loop
@@ -35,26 +36,18 @@ def run(
 ) -> Outcome:
     """Train (or resume) the job's vision model; returns how the run ended."""
     options = options or VisionOptions.from_env()
-    plan = plan or preflight(env, spec, options)
+    checked = plan or preflight(env, spec, options)
     session = VisionSession(env, spec)
-    done = outputs.published(env.output_dir) if not env.resume_from else None
-    if done is not None:
-        model, manifest = done
-        message = f"already completed: {manifest.get('summary', 'model')} in {model.path}"
-        session.finish("completed", message, model)
-        return Outcome.completed(message)
-    try:
-        resume = session.begin()
+
+    def train(resume: CheckpointInfo | None) -> Outcome:
         device = start_distributed(env.distributed)
         try:
-            outcome = _train(spec, options, session, plan=plan, device=device, resume=resume)
+            return _train(spec, options, session, plan=checked, device=device, resume=resume)
         finally:
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
-    except BaseException as err:
-        session.finish("failed", f"{type(err).__name__}: {err}"[:1024])
-        raise
-    return outcome
+
+    return run_once(session, train, reason=lambda err: f"{type(err).__name__}: {err}")
 
 
 def start_distributed(info: Distributed) -> torch.device:
