@@ -20,14 +20,12 @@ from PIL import Image
 from kubetrain.api import PIPELINES, VisionPipeline, VisionTask
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
 from kubetrain.trainer.vision import catalog, models
-from kubetrain.trainer.vision.export import compare_detections
 from kubetrain.trainer.vision.libraries import RFDETR, RFDETRExport
 from kubetrain.trainer.vision.loading import Loader
 from kubetrain.trainer.vision.sources import Sample
-from kubetrain.trainer.vision.tasks import MEAN, STD
 from tests.trainer import test_vision_training
-from tests.trainer.conftest import free_port
-from tests.trainer.test_vision_training import records
+from tests.trainer.conftest import free_port, launcher_pod
+from tests.trainer.test_vision_training import assert_onnx_matches, records
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -150,21 +148,7 @@ def check_onnx(pipeline: VisionPipeline, case: Case, output: Path) -> None:
             for ours, theirs in zip(expected, got, strict=True):
                 np.testing.assert_allclose(theirs, ours.numpy(), rtol=1e-3, atol=1e-3)
             return
-        if arch.detector:
-            found = model([image])[0]
-            wanted = [found["boxes"].numpy(), (found["labels"] - 1).numpy(),
-                      found["scores"].numpy()]  # fmt: skip
-            if "masks" in found:
-                wanted.append(found["masks"].numpy())
-            got = session.run(None, {"image": image.numpy()})
-            _, compared, matched = compare_detections(wanted, got, 1e-3)
-            assert matched >= 0.98 * compared, (matched, compared)
-            return
-        mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
-        out = model(((image - mean) / std)[None])
-        logits = (out["out"] if isinstance(out, dict) else out).numpy()
-    (got,) = session.run(None, {"images": image[None].numpy()})
-    np.testing.assert_allclose(got, logits, rtol=1e-3, atol=1e-4)
+    assert_onnx_matches(model, session, image, detector=arch.detector)
 
 
 @pytest.mark.parametrize("pipeline", list(CASES), ids=str)
@@ -208,16 +192,10 @@ def test_rfdetr_trains_on_two_ranks_stops_together_and_resumes(
     """DDP over RF-DETR: its set criterion on each rank's images, one stop, one resume."""
     pipeline = VisionPipeline.RFDETR_DETECTION
     case = CASES[pipeline]
-    pod = {
-        "NPROC_PER_NODE": "2",
-        "NNODES": "1",
-        "NODE_RANK": "0",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-    }
+    pod = launcher_pod()
     directory = tmp_path / "launcher"
     spec = job(pipeline, case)
-    paused = pod | {"MASTER_PORT": str(free_port()), "KUBETRAIN_PAUSE_AT_STEP": "1"}
+    paused = pod | {"KUBETRAIN_PAUSE_AT_STEP": "1"}
     run = start_vision(directory, spec, env=paused)
     run.wait_for_step(1, timeout=300)
     run.stop()  # the Pod's PID 1 (the launcher) forwards it to both ranks

@@ -26,7 +26,7 @@ from kubetrain.trainer.vision.export import compare_detections
 from kubetrain.trainer.vision.loading import Loader
 from kubetrain.trainer.vision.sources import Sample
 from kubetrain.trainer.vision.tasks import MEAN, STD
-from tests.trainer.conftest import TrainerRun, free_port, trainer_env
+from tests.trainer.conftest import TrainerRun, free_port, launcher_pod, trainer_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -209,8 +209,14 @@ def check_published(case: Case, output: Path) -> None:
     session = onnxruntime.InferenceSession(
         str(output / "model.onnx"), providers=["CPUExecutionProvider"]
     )
+    assert_onnx_matches(model, session, image, detector=arch.detector)
+
+
+def assert_onnx_matches(model: Any, session: Any, image: torch.Tensor, *, detector: bool) -> None:
+    """ONNX Runtime gives PyTorch's outputs on ``image`` (3 x H x W in [0, 1]): the same
+    confident detections, or the same logits."""
     with torch.no_grad():
-        if arch.detector:
+        if detector:
             found = model([image])[0]
             expected = [
                 found["boxes"].numpy(),
@@ -234,14 +240,7 @@ def check_published(case: Case, output: Path) -> None:
 
 def test_two_ranks_stop_together_and_resume(start_vision: Any, tmp_path: Path) -> None:
     case = CASES["classification"]
-    pod = {
-        "NPROC_PER_NODE": "2",
-        "NNODES": "1",
-        "NODE_RANK": "0",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-    }
+    pod = launcher_pod()
     directory = tmp_path / "launcher"
     run = start_vision(directory, job(case), env=pod | {"KUBETRAIN_PAUSE_AT_STEP": "2"})
     run.wait_for_step(2)
