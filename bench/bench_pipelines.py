@@ -14,7 +14,7 @@ Runs alternate (plain, trainer, plain, ...) in one process; the medians are comp
 in the same run). On a CUDA machine each pipeline also trains through the trainer at bf16,
 with images/s and the GPU's utilisation.
 
-    .venv/bin/python bench/bench_pipelines.py [--steps 12] [--rounds 3] [--warmup 2]
+    .venv/bin/python bench/bench_pipelines.py [--steps 20] [--rounds 3] [--warmup 2]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def compare(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
     parser.add_argument("--gpu-steps", type=int, default=40)
