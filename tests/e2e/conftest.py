@@ -67,3 +67,32 @@ def e2e_namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Ite
     name = _fresh_namespace(core, request, "e2e-")
     yield name
     core.delete_namespace(name)
+
+
+def directory_claim(core: client.CoreV1Api, namespace: str, name: str, root: Path) -> str:
+    """A ReadWriteMany claim ``name`` in ``namespace`` bound to the local directory ``root``
+    (a hostPath PV, as a dataset or cache volume a platform provides); returns the PV's
+    name, for the caller to delete."""
+    volume = f"{name}-{namespace}"[:63]
+    core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=volume),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"],
+                storage_class_name="manual",
+                host_path=client.V1HostPathVolumeSource(path=str(root)),
+                claim_ref=client.V1ObjectReference(namespace=namespace, name=name),
+            ),
+        )
+    )  # fmt: skip
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteMany"], storage_class_name="manual",
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )  # fmt: skip
+    return volume

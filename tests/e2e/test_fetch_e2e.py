@@ -20,6 +20,7 @@ from kubetrain.api.report import tree_digest
 from kubetrain.api.status import ModelOutput
 from kubetrain.localcluster.nodeagent import STORAGE_CLASS
 from kubetrain.sdk import Client, download
+from tests.e2e.conftest import directory_claim
 from tests.e2e.test_training_e2e import ROOT, Job, _step, tiny_lora
 from tests.integration.helpers import plugin
 from tests.integration.operator_fixtures import OperatorProcess
@@ -341,27 +342,7 @@ def test_a_hub_model_comes_from_a_seeded_shared_cache_with_the_hub_offline(
     }
     commit = seed_hub(root, "model", "kubetrain/llama-tiny", files)
     core = client.CoreV1Api(api_client)
-    core.create_persistent_volume(
-        client.V1PersistentVolume(
-            metadata=client.V1ObjectMeta(name=f"hub-cache-{e2e_namespace}"[:63]),
-            spec=client.V1PersistentVolumeSpec(
-                capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"],
-                storage_class_name="manual",
-                host_path=client.V1HostPathVolumeSource(path=str(root)),
-                claim_ref=client.V1ObjectReference(namespace=e2e_namespace, name="hub-cache"),
-            ),
-        )
-    )  # fmt: skip
-    core.create_namespaced_persistent_volume_claim(
-        e2e_namespace,
-        client.V1PersistentVolumeClaim(
-            metadata=client.V1ObjectMeta(name="hub-cache"),
-            spec=client.V1PersistentVolumeClaimSpec(
-                access_modes=["ReadWriteMany"], storage_class_name="manual",
-                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
-            ),
-        ),
-    )  # fmt: skip
+    volume = directory_claim(core, e2e_namespace, "hub-cache", root)
     manifest = tiny_lora("hub")
     spec = manifest["spec"]
     spec["llm"]["baseModel"] = "kubetrain/llama-tiny"
@@ -377,4 +358,4 @@ def test_a_hub_model_comes_from_a_seeded_shared_cache_with_the_hub_offline(
         f"/cache/huggingface/hub/models--kubetrain--llama-tiny/snapshots/{commit}"
     )
     assert source.get("reused") is True, "nothing was downloaded: it was all in the cache"
-    core.delete_persistent_volume(f"hub-cache-{e2e_namespace}"[:63])
+    core.delete_persistent_volume(volume)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.e2e.conftest import directory_claim
 from tests.e2e.test_training_e2e import ROOT, Job, _step
 from tests.integration.operator_fixtures import OperatorProcess
 from tests.trainer.tiny_vlm import write_dataset
@@ -25,28 +26,7 @@ def pictures(api_client: client.ApiClient, e2e_namespace: str, tmp_path: Path) -
     root = tmp_path / "pictures"
     write_dataset(root, 48)
     core = client.CoreV1Api(api_client)
-    volume = f"pictures-{e2e_namespace}"[:63]
-    core.create_persistent_volume(
-        client.V1PersistentVolume(
-            metadata=client.V1ObjectMeta(name=volume),
-            spec=client.V1PersistentVolumeSpec(
-                capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"],
-                storage_class_name="manual",
-                host_path=client.V1HostPathVolumeSource(path=str(root)),
-                claim_ref=client.V1ObjectReference(namespace=e2e_namespace, name="pictures"),
-            ),
-        )
-    )  # fmt: skip
-    core.create_namespaced_persistent_volume_claim(
-        e2e_namespace,
-        client.V1PersistentVolumeClaim(
-            metadata=client.V1ObjectMeta(name="pictures"),
-            spec=client.V1PersistentVolumeClaimSpec(
-                access_modes=["ReadWriteMany"], storage_class_name="manual",
-                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
-            ),
-        ),
-    )  # fmt: skip
+    volume = directory_claim(core, e2e_namespace, "pictures", root)
     yield "pictures"
     core.delete_persistent_volume(volume)
 
