@@ -13,7 +13,7 @@ stem (``fcos_cspdarknet_<s|m|l|x>``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from kubetrain.api import VisionPipeline, VisionTask
@@ -120,6 +120,14 @@ _LIST = [
     Architecture("lraspp_mobilenet_v3_large", _S, Family.SEGMENTER, 512),
 ]
 
+# torchvision's classifiers are the classification pipeline's, its Mask R-CNNs detectron2's.
+_LIST = [
+    replace(a, pipeline=VisionPipeline.CLASSIFICATION) if a.family is Family.CLASSIFIER
+    else replace(a, pipeline=VisionPipeline.DETECTRON2) if a.family is Family.RCNN and a.task is _I
+    else a
+    for a in _LIST
+]  # fmt: skip
+
 SMP_DECODERS = {
     "unet": "Unet",
     "unetplusplus": "UnetPlusPlus",
@@ -225,12 +233,7 @@ def names(task: VisionTask, pipeline: VisionPipeline | None = None) -> list[str]
 
 
 def in_pipeline(arch: Architecture, pipeline: VisionPipeline) -> bool:
-    """Whether ``pipeline`` trains ``arch``: its own architectures, and for classification
-    and detectron2 torchvision's classifiers and Mask R-CNNs."""
-    if pipeline is VisionPipeline.CLASSIFICATION:
-        return arch.family is Family.CLASSIFIER
-    if pipeline is VisionPipeline.DETECTRON2:
-        return arch.family is Family.RCNN and arch.task is VisionTask.INSTANCE_SEGMENTATION
+    """Whether ``pipeline`` trains ``arch``."""
     return arch.pipeline is pipeline
 
 
