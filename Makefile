@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup setup-cold lock system venv binaries test lint unit integration crds bench images kind-e2e cluster-up cluster-down demo clean
+.PHONY: help setup setup-cold lock lock-base system venv binaries test lint unit integration crds bench images test-images kind-e2e cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,11 +19,14 @@ setup: ## everything a fresh machine needs, each step timed: tmux, .venv from th
 setup-cold: ## prove `make setup` on a fresh clone of HEAD with empty caches (and GOFLAGS=-mod=readonly); prints its time
 	@bash hack/setup-cold.sh
 
-lock: ## regenerate the locks from hack/versions.env and pyproject.toml: hack/tools/*/go.{mod,sum}, hack/requirements.lock
+lock: ## regenerate the locks from hack/versions.env and pyproject.toml: hack/tools/*/go.{mod,sum}, hack/requirements.lock, images/*/requirements.lock
 	@bash hack/lock-tools.sh
 	@bash hack/lock-python.sh
 
-system: ## Debian packages the tests use: tmux (a real terminal), Prometheus (scrapes the operator)
+lock-base: ## resolve images/base/packages.in against the Debian archive into images/base/packages.lock
+	@bash hack/build-base.sh --lock
+
+system: ## Debian packages the tests and image builds use: tmux, Prometheus, buildah, podman, runc, mmdebstrap
 	@bash hack/install-system.sh
 
 venv: $(VENV)/.installed ## .venv with exactly hack/requirements.lock (all extras), the package editable
@@ -35,8 +38,11 @@ $(VENV)/.installed: pyproject.toml hack/requirements.lock hack/install-python.sh
 binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm, kueue into bin/ from hack/tools/ (cached by lock)
 	@bash hack/build-binaries.sh
 
-test: lint ## every test tier (the README's test command)
-	@bash hack/pytest.sh tests
+test: lint ## every test tier but the images' (the README's test command; .ci/run adds the image tier when the images changed)
+	@bash hack/pytest.sh tests --ignore=tests/images
+
+test-images: images ## the image tier: build the images (cached by digest), then run each in a real container runtime
+	@bash hack/pytest.sh tests/images
 
 unit: ## unit tests only (no cluster)
 	@bash hack/pytest.sh tests/unit
@@ -59,12 +65,8 @@ crds: ## regenerate crds/ and the chart's copies (CRD from the models, operator 
 bench: ## the benchmarks, printing their figures
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-IMAGE_REGISTRY ?= ghcr.io/kubetrain
-IMAGE_TAG ?= 0.1.0
-images: ## build the container images (needs Docker; not available on the build machines here)
-	docker build -f images/operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
-	docker build -f images/trainer-lora/Dockerfile -t $(IMAGE_REGISTRY)/trainer-lora:$(IMAGE_TAG) .
-	docker build -f images/trainer-vision/Dockerfile -t $(IMAGE_REGISTRY)/trainer-vision:$(IMAGE_TAG) .
+images: $(VENV)/.installed ## build the three images daemonless (buildah) from the locks, cached by input digest; prints time, digest, sizes
+	@bash hack/build-images.sh
 
 kind-e2e: ## on a host with Docker: kind cluster, images loaded, Helm install, the tiny job with a stop and resume
 	@bash hack/kind-e2e.sh

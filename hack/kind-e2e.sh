@@ -19,7 +19,9 @@ command -v docker >/dev/null || { echo "kind-e2e needs Docker" >&2; exit 1; }
 [ -x bin/kind ] || GOBIN="$root/bin" go install "sigs.k8s.io/kind@$KIND_VERSION"
 
 log "building images"
-make images IMAGE_REGISTRY=$REGISTRY IMAGE_TAG=$TAG
+# The same `make images` as on the build machines (the same Dockerfiles, base recipe and
+# locks), with Docker's builder: kind loads from Docker's image store.
+make images IMAGE_BUILDER=docker IMAGE_REGISTRY=$REGISTRY IMAGE_TAG=$TAG
 
 log "kind cluster $CLUSTER on Kubernetes $K8S_VERSION"
 bin/kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true

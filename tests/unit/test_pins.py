@@ -145,19 +145,20 @@ def test_kueue_comes_with_the_crds_and_webhooks_of_its_release() -> None:
     )
 
 
-def python_lock() -> dict[str, tuple[str, int]]:
-    """hack/requirements.lock: canonical name -> (version, number of hashes)."""
-    entries: dict[str, tuple[str, int]] = {}
+def python_lock(
+    path: Path = ROOT / "hack" / "requirements.lock",
+) -> dict[str, tuple[str, set[str]]]:
+    """A requirements lock: canonical name -> (version, its hashes)."""
+    entries: dict[str, tuple[str, set[str]]] = {}
     name = ""
-    for line in (ROOT / "hack" / "requirements.lock").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line):
             name = canonicalize_name(m[1])
-            entries[name] = (m[2], 0)
-        elif "--hash=sha256:" in line and name:
-            version, hashes = entries[name]
-            entries[name] = (version, hashes + 1)
+            entries[name] = (m[2], set())
+        elif m := re.search(r"--hash=(sha256:[0-9a-f]{64})", line):
+            entries[name][1].add(m[1])
         elif re.match(r"^[A-Za-z0-9]", line):
-            pytest.fail(f"hack/requirements.lock: not an exact pin: {line}")
+            pytest.fail(f"{path.relative_to(ROOT)}: not an exact pin: {line}")
     return entries
 
 
@@ -190,17 +191,46 @@ def test_the_virtualenv_holds_exactly_the_locked_versions() -> None:
     assert not drift, f"installed versions differ from the lock (run make venv): {drift}"
 
 
-def test_the_images_constraints_are_the_lock_less_the_base_images_torch_stack() -> None:
-    spec = importlib.util.spec_from_file_location("constraints", ROOT / "hack" / "constraints.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text = (ROOT / "hack" / "requirements.lock").read_text()
-    everything = dict(line.split("==") for line in module.constraints(text))
-    assert {canonicalize_name(n): v for n, v in everything.items()} == {
-        n: v for n, (v, _) in python_lock().items()
-    }
-    slim = dict(line.split("==") for line in module.constraints(text, keep_base_torch=True))
-    assert "torch" not in slim and "torchvision" not in slim
-    assert not [n for n in slim if n.startswith("nvidia-")]
-    assert slim["transformers"] == everything["transformers"]
+IMAGE_LOCKS = {
+    "operator": set(),
+    "trainer-lora": {"lora", "multimodal", "qlora", "fetch", "trackers"},
+    "trainer-vision": {"vision", "fetch", "trackers"},
+}
+
+
+@pytest.mark.parametrize("image", sorted(IMAGE_LOCKS))
+def test_each_image_lock_is_a_share_of_the_lock_covering_its_extras(image: str) -> None:
+    lock = python_lock()
+    share = python_lock(ROOT / "images" / image / "requirements.lock")
+    for name, (version, hashes) in share.items():
+        assert name in lock, f"images/{image}/requirements.lock has {name}, the lock has not"
+        assert version == lock[name][0], f"{name}: {version} in the image, {lock[name][0]} tested"
+        assert hashes and hashes <= lock[name][1], f"{name}: hashes the lock does not know"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]] + [
+        Requirement(r)
+        for extra in IMAGE_LOCKS[image]
+        for r in project["optional-dependencies"][extra]
+    ]
+    missing = [str(r) for r in wanted if canonicalize_name(r.name) not in share]
+    assert not missing, f"images/{image}/requirements.lock lacks {missing} (run make lock)"
+    dockerfile = (ROOT / "images" / image / "Dockerfile").read_text()
+    assert f"COPY images/{image}/requirements.lock" in dockerfile
+
+
+def test_the_trainer_images_carry_torch_and_its_cuda_wheels_the_operator_image_does_not() -> None:
+    lora, vision, operator = (
+        python_lock(ROOT / "images" / image / "requirements.lock")
+        for image in ("trainer-lora", "trainer-vision", "operator")
+    )
+    for share in (lora, vision):
+        assert share["torch"][0] == python_lock()["torch"][0]
+        assert "nvidia-cuda-runtime" in share
+    assert "bitsandbytes" in lora
+    assert not [name for name in operator if name == "torch" or name.startswith("nvidia-")]
+
+
+def test_the_build_lock_is_the_locked_pip_and_setuptools() -> None:
+    lock, build = python_lock(), python_lock(ROOT / "images" / "build.lock")
+    assert {"pip", "setuptools", "wheel"} <= set(build)
+    assert all(build[name][0] == lock[name][0] for name in build)

@@ -99,31 +99,16 @@ def train_log(core: client.CoreV1Api, job: TrainingJob, *, image: str, timeout: 
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def export(
-    core: client.CoreV1Api,
-    job: TrainingJob,
-    claim: str,
-    path: str,
-    dest: Path,
-    *,
-    image: str,
-    timeout: float,
-    expected: str | None = None,
-) -> int:
-    """Copy ``path`` (as the trainers see it, under /checkpoints) off ``claim`` into ``dest``
-    through a short-lived Pod in the job's namespace; the bytes copied. The files are checked
-    once: against ``expected`` (the digest the trainer reported), else the Pod's own."""
-    namespace, name = job.metadata.namespace or "default", job.metadata.name or ""
-    inside = path.removeprefix(CLAIM_ROOT).lstrip("/")
-    pod_name = f"{name[:40]}-download-{secrets.token_hex(3)}"
-    pod: dict[str, Any] = {
+def export_pod(pod_name: str, job_name: str, claim: str, inside: str, image: str) -> dict[str, Any]:
+    """The Pod that prints ``inside`` (a path on ``claim``) to its log as the export format."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": pod_name,
             "labels": {"app.kubernetes.io/name": "kubetrain",
                        "app.kubernetes.io/component": "download",
-                       "app.kubernetes.io/instance": name},
+                       "app.kubernetes.io/instance": job_name},
         },
         "spec": {
             "restartPolicy": "Never",
@@ -143,6 +128,26 @@ def export(
                 "claimName": claim, "readOnly": True}}],
         },
     }  # fmt: skip
+
+
+def export(
+    core: client.CoreV1Api,
+    job: TrainingJob,
+    claim: str,
+    path: str,
+    dest: Path,
+    *,
+    image: str,
+    timeout: float,
+    expected: str | None = None,
+) -> int:
+    """Copy ``path`` (as the trainers see it, under /checkpoints) off ``claim`` into ``dest``
+    through a short-lived Pod in the job's namespace; the bytes copied. The files are checked
+    once: against ``expected`` (the digest the trainer reported), else the Pod's own."""
+    namespace, name = job.metadata.namespace or "default", job.metadata.name or ""
+    inside = path.removeprefix(CLAIM_ROOT).lstrip("/")
+    pod_name = f"{name[:40]}-download-{secrets.token_hex(3)}"
+    pod = export_pod(pod_name, name, claim, inside, image)
     with api_errors():
         core.create_namespaced_pod(namespace, pod)  # type: ignore[arg-type]  # a plain manifest
     try:
@@ -152,7 +157,7 @@ def export(
     finally:
         with api_errors():
             core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0)
-    return _unpack(str(log), dest, expected)
+    return unpack(str(log), dest, expected)
 
 
 def _wait_done(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> None:
@@ -174,7 +179,9 @@ def _wait_done(core: client.CoreV1Api, namespace: str, name: str, timeout: float
         delay = min(delay * 1.5, 2.0)
 
 
-def _unpack(log: str, dest: Path, expected: str | None) -> int:
+def unpack(log: str, dest: Path, expected: str | None) -> int:
+    """Unpack what the export entry point printed (``BEGIN``, base64 tar, ``END digest size``)
+    into ``dest``, checked against ``expected`` or the printed digest; the bytes unpacked."""
     lines = log.splitlines()
     try:
         begin = lines.index("BEGIN")

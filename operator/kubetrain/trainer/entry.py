@@ -17,6 +17,7 @@ from kubetrain.api import TrainingJobSpec
 from kubetrain.trainer import outputs
 from kubetrain.trainer.checkpoints import CheckpointInfo
 from kubetrain.trainer.config import RuntimeEnv, load_spec
+from kubetrain.trainer.driver import require_driver
 from kubetrain.trainer.launch import launch
 from kubetrain.trainer.runtime import Outcome, TrainerError, configure_logging, run_entry
 from kubetrain.trainer.session import TrainingSession
@@ -29,13 +30,14 @@ def main(
     check: Callable[[RuntimeEnv, TrainingJobSpec], Checked],
     train: Callable[[RuntimeEnv, TrainingJobSpec, Checked], Outcome],
 ) -> int:
-    """Run the trainer ``module``: ``check`` (no torch) fails bad config or data in a second,
-    before any process is started; ``train`` (which may import torch) trains with what it
-    returned. Returns the exit code."""
+    """Run the trainer ``module``: a node driver too old for the image's CUDA, then ``check``
+    (no torch: bad config or data), fail in a second, before any process is started; ``train``
+    (which may import torch) trains with what ``check`` returned. Returns the exit code."""
 
     def run() -> Outcome:
         env = RuntimeEnv.from_env()
         spec = load_spec()
+        require_driver(spec)  # a node driver too old for the image's CUDA: permanent, no torch
         checked = check(env, spec)
         dist = env.distributed
         if dist.needs_launcher:

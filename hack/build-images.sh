@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# `make images`: the operator and trainer images, built daemonless with buildah from locked
+# inputs only, each printed with its build time, digest and sizes.
+#
+#   1. the base: Debian bookworm and CPython 3.11 from images/base/packages.lock (hack/build-base.sh);
+#   2. the wheelhouse: every wheel the images' locks name, downloaded once by hash
+#      (images/<image>/requirements.lock, images/build.lock: shares of hack/requirements.lock);
+#   3. each image from its Dockerfile, with no network (everything comes from the base and the
+#      wheelhouse), tagged localhost/kubetrain/<image>:<digest of its inputs> and
+#      $IMAGE_REGISTRY/<image>:$IMAGE_TAG; an image whose input digest is already built is reused;
+#   4. each image exported as a gzip OCI archive (what a registry push carries): its manifest
+#      digest is the digest to pin the chart with.
+# Cached under $KUBETRAIN_CACHE (default ~/.cache/kubetrain): containers/ (the image store and
+# its layers), wheelhouse/, images/ (the archives). build/images.json lists what was built.
+#   IMAGES="operator" make images     build some of them
+#   IMAGE_BUILDER=docker make images  on a host with Docker (buildx) instead of buildah
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+cache="${KUBETRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetrain}"
+registry="${IMAGE_REGISTRY:-ghcr.io/kubetrain}"
+version="${IMAGE_TAG:-0.1.0}"
+builder="${IMAGE_BUILDER:-buildah}"
+read -r -a names <<< "${IMAGES:-operator trainer-lora trainer-vision}"
+oci=hack/oci.sh
+log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
+
+case "$builder" in
+  buildah) command -v buildah >/dev/null || { echo "no buildah: run 'make system'" >&2; exit 1; } ;;
+  docker) command -v docker >/dev/null || { echo "no docker" >&2; exit 1; } ;;
+  *) echo "IMAGE_BUILDER is buildah or docker, not '$builder'" >&2; exit 2 ;;
+esac
+[ -x .venv/bin/pip ] || { echo "no .venv: run 'make venv'" >&2; exit 1; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+started=$SECONDS
+
+# 1. The base.
+t=$SECONDS
+if [ "$builder" = docker ]; then
+  base="localhost/kubetrain/base:$(cat images/base/packages.lock images/base/Dockerfile | sha256sum | cut -c1-16)"
+  docker build --quiet -f images/base/Dockerfile -t "$base" images/base >/dev/null
+else
+  base="$(hack/build-base.sh)"
+fi
+log "base $base ($((SECONDS - t)) s)"
+
+# 2. The wheelhouse: one folder of exactly the locked wheels, fetched by hash, kept by the
+# digest of the locks that name them.
+locks=(images/operator/requirements.lock images/trainer-lora/requirements.lock
+  images/trainer-vision/requirements.lock images/build.lock)
+wheels="$cache/wheelhouse/$(cat "${locks[@]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$wheels/.complete" ]; then
+  t=$SECONDS
+  log "wheelhouse: downloading the locked wheels into $wheels"
+  # The images share pins (all from hack/requirements.lock): each package once.
+  awk '/^[A-Za-z0-9]/ { split($1, p, "=="); keep = !(tolower(p[1]) in seen); seen[tolower(p[1])] = 1 }
+       /^[A-Za-z0-9]/ || /^ +--hash/ { if (keep) print }' "${locks[@]}" > "$work/all.lock"
+  rm -rf "$wheels.partial"
+  .venv/bin/pip download --quiet --progress-bar off --no-deps --require-hashes \
+    --only-binary=:all: -d "$wheels.partial" -r "$work/all.lock"
+  touch "$wheels.partial/.complete"
+  rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
+  log "wheelhouse: $(find "$wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$wheels" | cut -f1) ($((SECONDS - t)) s)"
+fi
+
+# inputs IMAGE: every file its build reads, contents and names, as one digest.
+inputs() {
+  {
+    echo "$base" "$builder"
+    git ls-files -co --exclude-standard -- pyproject.toml README.md operator/kubetrain "images/$1" \
+      images/build.lock hack/build-images.sh | grep -v '/__pycache__/' | LC_ALL=C sort |
+      while read -r f; do printf '%s\n' "$f"; sha256sum < "$f"; done
+  } | sha256sum | cut -c1-16
+}
+
+# 3 and 4. The images.
+mkdir -p "$cache/images" build
+summary=()
+for name in "${names[@]}"; do
+  [ -f "images/$name/Dockerfile" ] || { echo "no image '$name' (images/*/Dockerfile)" >&2; exit 2; }
+  digest="$(inputs "$name")"
+  tag="localhost/kubetrain/$name:$digest"
+  record="$cache/images/$name-$digest.json"
+  if [ "$builder" = docker ]; then
+    t=$SECONDS
+    docker buildx build --load --network=none --build-arg "BASE=$base" \
+      --build-context "wheels=$wheels" -f "images/$name/Dockerfile" -t "$tag" -t "$registry/$name:$version" .
+    size="$(docker image inspect --format '{{.Size}}' "$tag")"
+    printf '{"name": "%s", "tag": "%s", "ref": "%s", "digest": "%s", "buildSeconds": %d, "unpackedBytes": %d}\n' \
+      "$name" "$tag" "$registry/$name:$version" "$(docker image inspect --format '{{.Id}}' "$tag")" \
+      $((SECONDS - t)) "$size" > "$record"
+  elif [ -f "$record" ] && "$oci" podman image exists "$tag"; then
+    log "$name: inputs $digest already built"
+  else
+    t=$SECONDS
+    log "$name: building $tag"
+    "$oci" buildah bud --quiet --layers --pull=never --network=none --build-arg "BASE=$base" \
+      --build-context "wheels=$wheels" -f "images/$name/Dockerfile" -t "$tag" . >/dev/null
+    built=$((SECONDS - t))
+    archive="$cache/images/$name-$digest.oci.tar"
+    rm -f "$archive.partial"
+    "$oci" buildah push --quiet --format oci "$tag" "oci-archive:$archive.partial:$registry/$name:$version"
+    mv "$archive.partial" "$archive"
+    # The manifest an OCI registry receives from this archive, and what it weighs there.
+    tar -xOf "$archive" index.json > "$work/index.json"
+    manifest="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/index.json")"
+    compressed="$(tar -xOf "$archive" "blobs/sha256/${manifest#sha256:}" |
+      python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]))')"
+    unpacked="$("$oci" podman image inspect --format '{{.Size}}' "$tag")"
+    printf '{"name": "%s", "tag": "%s", "ref": "%s", "digest": "%s", "archive": "%s", "buildSeconds": %d, "exportSeconds": %d, "compressedBytes": %d, "unpackedBytes": %d}\n' \
+      "$name" "$tag" "$registry/$name:$version" "$manifest" "$archive" "$built" \
+      $((SECONDS - t - built)) "$compressed" "$unpacked" > "$record"
+  fi
+  [ "$builder" = docker ] || "$oci" podman tag "$tag" "$registry/$name:$version"
+  summary+=("$record")
+done
+
+python3 - "${summary[@]}" > build/images.json <<'PY'
+import json, sys
+print(json.dumps({json.load(open(p))["name"]: json.load(open(p)) for p in sys.argv[1:]}, indent=2))
+PY
+python3 - build/images.json <<'PY'
+import json, sys
+for image in json.load(open(sys.argv[1])).values():
+    sizes = "".join(
+        f"  {label} {image[key] / 1e6:,.0f} MB"
+        for label, key in (("compressed", "compressedBytes"), ("unpacked", "unpackedBytes"))
+        if key in image
+    )
+    built = f"built in {image['buildSeconds']} s" + (
+        f" (+{image['exportSeconds']} s export)" if "exportSeconds" in image else ""
+    )
+    print(f"[images] {image['name']:<15} {built}{sizes}")
+    print(f"[images]   {image['ref']}@{image['digest']}")
+PY
+log "done in $((SECONDS - started)) s; build/images.json lists them"

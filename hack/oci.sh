@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs buildah, podman or skopeo on kubetrain's own container storage, with its own
+# configuration (images/containers/): no network for containers unless asked for, no
+# registry searched, nothing pulled. The storage lives in the build cache
+# (~/.cache/kubetrain/containers), so built images and their layers survive a fresh clone
+# the way the binaries do.
+#   hack/oci.sh podman images
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${KUBETRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetrain}"
+store="$cache/containers"
+mkdir -p "$store/storage" "$store/run"
+cat > "$store/storage.conf.new" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$store/storage"
+runroot = "$store/run"
+CONF
+mv "$store/storage.conf.new" "$store/storage.conf"
+export CONTAINERS_STORAGE_CONF="$store/storage.conf"
+export CONTAINERS_CONF="$root/images/containers/containers.conf"
+export CONTAINERS_REGISTRIES_CONF="$root/images/containers/registries.conf"
+export BUILDAH_ISOLATION=oci
+tool="$1"
+shift
+case "$tool" in
+  buildah | podman | skopeo) ;;
+  *) echo "hack/oci.sh: runs buildah, podman or skopeo, not '$tool'" >&2; exit 2 ;;
+esac
+exec "$tool" "$@"
