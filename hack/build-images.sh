@@ -14,6 +14,7 @@
 # its layers), wheelhouse/, images/ (the archives). build/images.json lists what was built.
 #   IMAGES="operator" make images     build some of them
 #   IMAGE_BUILDER=docker make images  on a host with Docker (buildx) instead of buildah
+#   hack/build-images.sh --digest     one digest of every image's inputs; builds nothing
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -35,6 +36,23 @@ esac
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
+
+# inputs IMAGE: every file its build reads, contents and names, as one digest.
+inputs() {
+  {
+    echo "$base" "$builder"
+    git ls-files -co --exclude-standard -- pyproject.toml README.md operator/kubetrain \
+      "images/$1/Dockerfile" "images/$1/Dockerfile.dockerignore" "images/$1/requirements.lock" \
+      images/build.lock | grep -v '/__pycache__/' | LC_ALL=C sort |
+      while read -r f; do printf '%s\n' "$f"; sha256sum < "$f"; done
+  } | sha256sum | cut -c1-16
+}
+
+if [ "${1:-}" = "--digest" ]; then
+  base="$(hack/build-base.sh --tag)"
+  for name in "${names[@]}"; do inputs "$name"; done | sha256sum | cut -c1-16
+  exit 0
+fi
 
 # 1. The base.
 t=$SECONDS
@@ -65,19 +83,10 @@ if [ ! -f "$wheels/.complete" ]; then
   log "wheelhouse: $(find "$wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$wheels" | cut -f1) ($((SECONDS - t)) s)"
 fi
 
-# inputs IMAGE: every file its build reads, contents and names, as one digest.
-inputs() {
-  {
-    echo "$base" "$builder"
-    git ls-files -co --exclude-standard -- pyproject.toml README.md operator/kubetrain "images/$1" \
-      images/build.lock hack/build-images.sh | grep -v '/__pycache__/' | LC_ALL=C sort |
-      while read -r f; do printf '%s\n' "$f"; sha256sum < "$f"; done
-  } | sha256sum | cut -c1-16
-}
-
 # 3 and 4. The images.
 mkdir -p "$cache/images" build
 summary=()
+cached=()
 for name in "${names[@]}"; do
   [ -f "images/$name/Dockerfile" ] || { echo "no image '$name' (images/*/Dockerfile)" >&2; exit 2; }
   digest="$(inputs "$name")"
@@ -93,6 +102,7 @@ for name in "${names[@]}"; do
       $((SECONDS - t)) "$size" > "$record"
   elif [ -f "$record" ] && "$oci" podman image exists "$tag"; then
     log "$name: inputs $digest already built"
+    cached+=("$name")
   else
     t=$SECONDS
     log "$name: building $tag"
@@ -121,9 +131,11 @@ python3 - "${summary[@]}" > build/images.json <<'PY'
 import json, sys
 print(json.dumps({json.load(open(p))["name"]: json.load(open(p)) for p in sys.argv[1:]}, indent=2))
 PY
-python3 - build/images.json <<'PY'
-import json, sys
-for image in json.load(open(sys.argv[1])).values():
+CACHED="${cached[*]}" python3 - build/images.json <<'PY'
+import json, os, sys
+cached = os.environ["CACHED"].split()
+images = json.load(open(sys.argv[1]))
+for image in images.values():
     sizes = "".join(
         f"  {label} {image[key] / 1e6:,.0f} MB"
         for label, key in (("compressed", "compressedBytes"), ("unpacked", "unpackedBytes"))
@@ -132,7 +144,14 @@ for image in json.load(open(sys.argv[1])).values():
     built = f"built in {image['buildSeconds']} s" + (
         f" (+{image['exportSeconds']} s export)" if "exportSeconds" in image else ""
     )
+    if image["name"] in cached:
+        built = f"cached ({built} earlier)"
     print(f"[images] {image['name']:<15} {built}{sizes}")
     print(f"[images]   {image['ref']}@{image['digest']}")
+values = {"operator": "image.digest", "trainer-lora": "trainer.llmImageDigest",
+          "trainer-vision": "trainer.visionImageDigest"}
+pins = [f"--set {values[n]}={i['digest']}" for n, i in images.items() if i.get("archive")]
+if pins:
+    print("[images] pinned by digest (docs/helm.md): helm upgrade --install kubetrain charts/kubetrain " + " ".join(pins))
 PY
 log "done in $((SECONDS - started)) s; build/images.json lists them"

@@ -10,14 +10,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${KUBETRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetrain}"
 store="$cache/containers"
 mkdir -p "$store/storage" "$store/run"
-cat > "$store/storage.conf.new" <<CONF
-[storage]
-driver = "overlay"
-graphroot = "$store/storage"
-runroot = "$store/run"
-CONF
-mv "$store/storage.conf.new" "$store/storage.conf"
-export CONTAINERS_STORAGE_CONF="$store/storage.conf"
+conf="$store/storage.conf"
+want="$(printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"' "$store/storage" "$store/run")"
+if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then  # written once; concurrent calls race safely
+  printf '%s\n' "$want" > "$conf.$$" && mv -f "$conf.$$" "$conf"
+fi
+export CONTAINERS_STORAGE_CONF="$conf"
 export CONTAINERS_CONF="$root/images/containers/containers.conf"
 export CONTAINERS_REGISTRIES_CONF="$root/images/containers/registries.conf"
 export BUILDAH_ISOLATION=oci

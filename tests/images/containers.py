@@ -41,11 +41,13 @@ def image_config(ref: str) -> JSON:
     return inspected
 
 
-def run_in_image(ref: str, *argv: str, timeout: float = 300) -> str:
-    """Run ``argv`` in the image (network off, read-only, as the image's user); its stdout."""
+def run_in_image(ref: str, *argv: str, timeout: float = 300, user: str = "") -> str:
+    """Run ``argv`` in the image (network off, read-only, as the image's user or ``user``);
+    its stdout."""
     result = oci(
         "podman", "run", "--rm", "--pull=never", "--network=none", "--read-only",
-        "--entrypoint", argv[0], ref, *argv[1:], timeout=timeout,
+        *([f"--user={user}"] if user else []), "--entrypoint", argv[0], ref, *argv[1:],
+        timeout=timeout,
     )  # fmt: skip
     return result.stdout
 
@@ -160,6 +162,7 @@ class PodContainer:
 
     def _mounts(self) -> list[str]:
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes", [])}
+        binds: dict[str, tuple[Path, str]] = {}
         argv: list[str] = []
         for mount in self.container.get("volumeMounts", []):
             volume = volumes[mount["name"]]
@@ -178,6 +181,14 @@ class PodContainer:
                 raise AssertionError(f"no host folder stands for the Pod's volume {mount['name']}")
             if mount.get("subPath"):
                 source = source / mount["subPath"]
+            binds[target] = (source, mode)
+        # A mount inside another (a Secret under a ConfigMap's folder) needs its mount point
+        # in the outer volume, which may be read-only in the container: made on the host.
+        for target in binds:
+            for outer, (source, _) in binds.items():
+                if target.startswith(outer.rstrip("/") + "/"):
+                    (source / target[len(outer) :].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for target, (source, mode) in sorted(binds.items()):
             argv.append(f"--volume={source}:{target}:{mode}")
         return argv
 

@@ -3,8 +3,11 @@ entry point, and nothing its entry point does not use."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +32,36 @@ import importlib.util, json, os, shutil
 tools = ("gcc", "cc", "c++", "make", "apt-get", "pip", "pip3")
 found = [tool for tool in tools if shutil.which(tool)]
 found += [m for m in ("pip", "tests", "ensurepip") if importlib.util.find_spec(m)]
-for top in ("/root", "/tmp", "/var/cache/apt", "/var/lib/apt/lists", "/wheels", "/src", "/site"):
-    if os.path.isdir(top) and os.listdir(top):
-        found.append(top)
+# Caches, downloads and build leftovers: any file with content, or anything in /tmp.
+for top in ("/root/.cache", "/var/cache", "/var/lib/apt/lists", "/wheels", "/src", "/site"):
+    for folder, _, files in os.walk(top):
+        found += [os.path.join(folder, f) for f in files
+                  if os.path.getsize(os.path.join(folder, f)) > 0]
+found += [os.path.join("/tmp", f) for f in os.listdir("/tmp")]
 print(json.dumps(found))
 """
+
+
+UNRESOLVED = r"""
+import json, pathlib, subprocess, sys
+missing = {}
+for lib in sorted(pathlib.Path(sys.prefix).rglob("*.so*")):
+    if not lib.is_file() or ".so" not in lib.name:
+        continue
+    out = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
+    gone = [l.split()[0] for l in out.splitlines() if "not found" in l]
+    if gone:
+        missing[str(lib.relative_to(sys.prefix))] = gone
+print(json.dumps(missing))
+"""
+
+
+@functools.cache
+def unresolved_in_the_tests_venv() -> dict[str, list[str]]:
+    host = subprocess.run([sys.executable, "-c", UNRESOLVED], capture_output=True, text=True,
+                          check=True, timeout=900).stdout  # fmt: skip
+    found: dict[str, list[str]] = json.loads(host)
+    return found
 
 
 def lock_pins(path: Path) -> dict[str, str]:
@@ -86,10 +114,28 @@ def test_the_image_holds_the_base_packages_the_same_python_and_libc(
 
 
 @pytest.mark.parametrize("image", IMAGES)
+def test_every_shared_library_in_the_image_finds_its_dependencies(
+    built: dict[str, dict[str, Any]], image: str
+) -> None:
+    """The base has every system library the wheels link against (the C++ runtime,
+    libquadmath...) that the machine the tests ran on has: what ``ldd`` cannot resolve in the
+    image, it cannot resolve in the tests' .venv either (the optional RDMA, MPI and UCX
+    transports of NCCL's and cuFile's plugins, libraries loaded after torch's own)."""
+    found = run_in_image(built[image]["tag"], "python", "-c", UNRESOLVED, timeout=900)
+    tested = unresolved_in_the_tests_venv()
+    only_here = {
+        lib: sorted(set(gone) - set(tested.get(lib, [])))
+        for lib, gone in json.loads(found).items()
+        if set(gone) - set(tested.get(lib, []))
+    }
+    assert only_here == {}, f"{image}: libraries the tests' .venv resolves, the image not"
+
+
+@pytest.mark.parametrize("image", IMAGES)
 def test_the_image_carries_nothing_its_entry_point_does_not_use(
     built: dict[str, dict[str, Any]], image: str
 ) -> None:
-    leftovers = json.loads(run_in_image(built[image]["tag"], "python", "-c", LEFTOVERS))
+    leftovers = json.loads(run_in_image(built[image]["tag"], "python", "-c", LEFTOVERS, user="0"))
     assert leftovers == [], f"{image} carries {leftovers}"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from tests.images.containers import PodContainer
 from tests.polling import eventually
 
@@ -119,8 +120,20 @@ def test_the_operator_image_runs_the_charts_pod(
     containers.append(operator.start())
 
     coordination = client.CoordinationV1Api(core.api_client)
+
+    def lease_holder() -> str | None:
+        try:
+            holder: str | None = coordination.read_namespaced_lease(
+                RELEASE, NAMESPACE
+            ).spec.holder_identity
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            return None
+        return holder
+
     holder = eventually(
-        lambda: coordination.read_namespaced_lease(RELEASE, NAMESPACE).spec.holder_identity,
+        lease_holder,
         timeout=90, what=f"the operator to win its Lease; its log:\n{operator.logs()}",
     )  # fmt: skip
     assert holder.startswith(manifest["metadata"]["name"])  # the container's hostname is the Pod's
@@ -140,7 +153,10 @@ def test_the_operator_image_runs_the_charts_pod(
         except OSError:
             return False
 
-    eventually(healthy, timeout=30, what="the liveness probe to answer 200")
+    try:
+        eventually(healthy, timeout=30, what="the liveness probe to answer 200")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the operator's log:\n{operator.logs()[-4000:]}") from None
     assert operator.running()
 
     # A rollout's SIGTERM: the operator exits by itself within the chart's grace period.

@@ -137,6 +137,10 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
         configuration.refresh_api_key_hook(configuration)
     keys = configuration.api_key or {}
     token = keys.get("BearerToken") or keys.get("authorization") or ""
+    # The in-cluster config writes "bearer <token>" (lowercase), a kubeconfig "Bearer <token>".
+    scheme, _, rest = token.partition(" ")
+    if rest and scheme.lower() == "bearer":
+        token = rest
     return kopf.ConnectionInfo(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
@@ -144,7 +148,7 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
         certificate_path=configuration.cert_file,
         private_key_path=configuration.key_file,
         scheme="Bearer" if token else None,
-        token=token.removeprefix("Bearer ") or None,
+        token=token or None,
     )
 
 
