@@ -11,7 +11,8 @@
 #   4. each image exported as a gzip OCI archive (what a registry push carries): its manifest
 #      digest is the digest to pin the chart with.
 # Cached under $KUBETRAIN_CACHE (default ~/.cache/kubetrain): containers/ (the image store and
-# its layers), wheelhouse/, images/ (the archives). build/images.json lists what was built.
+# its layers), wheelhouse/, images/ (the archives). build/images.json lists what was built. The
+# images and archives of older inputs are removed once the current ones are built.
 #   IMAGES="operator" make images     build some of them
 #   IMAGE_BUILDER=docker make images  on a host with Docker (buildx) instead of buildah
 #   hack/build-images.sh --digest     one digest of every image's inputs; builds nothing
@@ -125,7 +126,19 @@ for name in "${names[@]}"; do
   fi
   [ "$builder" = docker ] || "$oci" podman tag "$tag" "$registry/$name:$version"
   summary+=("$record")
+  if [ "$builder" = buildah ]; then  # the cache holds what the current inputs give, no more
+    "$oci" podman images --format '{{.Repository}}:{{.Tag}}' "localhost/kubetrain/$name" |
+      grep -vxF "$tag" | xargs -r "$oci" podman rmi >/dev/null
+    find "$cache/images" -name "$name-*" ! -name "$name-$digest.*" -delete
+  fi
 done
+if [ "$builder" = buildah ] && [ "${#names[@]}" = 3 ]; then
+  "$oci" podman images --format '{{.Repository}}:{{.Tag}}' localhost/kubetrain/base |
+    grep -vxF "$base" | xargs -r "$oci" podman rmi >/dev/null
+  # Layers only older builds used; a current build's cached steps have children and stay.
+  "$oci" podman image prune --force >/dev/null
+  find "$cache/wheelhouse" -mindepth 1 -maxdepth 1 ! -name "${wheels##*/}" -exec rm -rf {} +
+fi
 
 python3 - "${summary[@]}" > build/images.json <<'PY'
 import json, sys

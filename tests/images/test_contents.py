@@ -33,7 +33,7 @@ tools = ("gcc", "cc", "c++", "make", "apt-get", "pip", "pip3")
 found = [tool for tool in tools if shutil.which(tool)]
 found += [m for m in ("pip", "tests", "ensurepip") if importlib.util.find_spec(m)]
 # Caches, downloads and build leftovers: any file with content, or anything in /tmp.
-for top in ("/root/.cache", "/var/cache", "/var/lib/apt/lists", "/wheels", "/src", "/site"):
+for top in ("/root/.cache", "/var/cache/apt", "/var/lib/apt/lists", "/wheels", "/src", "/site"):
     for folder, _, files in os.walk(top):
         found += [os.path.join(folder, f) for f in files
                   if os.path.getsize(os.path.join(folder, f)) > 0]
