@@ -16,7 +16,14 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then  # written once; concurrent
   printf '%s\n' "$want" > "$conf.$$" && mv -f "$conf.$$" "$conf"
 fi
 export CONTAINERS_STORAGE_CONF="$conf"
+# The repository's containers.conf, its open-files limit kept within this machine's hard limit.
 export CONTAINERS_CONF="$root/images/containers/containers.conf"
+hard="$(ulimit -Hn)"
+if [ "$hard" != unlimited ] && [ "$hard" -lt 16384 ]; then
+  sed "s/nofile=16384:16384/nofile=$hard:$hard/" "$CONTAINERS_CONF" > "$store/containers.conf.$$"
+  mv -f "$store/containers.conf.$$" "$store/containers.conf"
+  export CONTAINERS_CONF="$store/containers.conf"
+fi
 export CONTAINERS_REGISTRIES_CONF="$root/images/containers/registries.conf"
 export BUILDAH_ISOLATION=oci
 tool="$1"
