@@ -128,13 +128,15 @@ for name in "${names[@]}"; do
   summary+=("$record")
   if [ "$builder" = buildah ]; then  # the cache holds what the current inputs give, no more
     "$oci" podman images --format '{{.Repository}}:{{.Tag}}' "localhost/kubetrain/$name" |
-      grep -vxF "$tag" | xargs -r "$oci" podman rmi >/dev/null
+      { grep -vxF -e "$tag" -e "localhost/kubetrain/$name:<none>" || true; } |
+      xargs -r "$oci" podman rmi >/dev/null
     find "$cache/images" -name "$name-*" ! -name "$name-$digest.*" -delete
   fi
 done
 if [ "$builder" = buildah ] && [ "${#names[@]}" = 3 ]; then
   "$oci" podman images --format '{{.Repository}}:{{.Tag}}' localhost/kubetrain/base |
-    grep -vxF "$base" | xargs -r "$oci" podman rmi >/dev/null
+    { grep -vxF -e "$base" -e "localhost/kubetrain/base:<none>" || true; } |
+    xargs -r "$oci" podman rmi >/dev/null
   # Layers only older builds used; a current build's cached steps have children and stay.
   "$oci" podman image prune --force >/dev/null
   find "$cache/wheelhouse" -mindepth 1 -maxdepth 1 ! -name "${wheels##*/}" -exec rm -rf {} +
