@@ -84,6 +84,12 @@ if [ ! -f "$wheels/.complete" ]; then
   log "wheelhouse: $(find "$wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$wheels" | cut -f1) ($((SECONDS - t)) s)"
 fi
 
+# older REPOSITORY TAG: the other tags of REPOSITORY in the store (those of older inputs).
+older() {
+  "$oci" podman images --format '{{.Repository}}:{{.Tag}}' "$1" |
+    { grep -E "^$1:[0-9a-f]+\$" || true; } | { grep -vxF "$2" || true; }
+}
+
 # 3 and 4. The images.
 mkdir -p "$cache/images" build
 summary=()
@@ -124,19 +130,15 @@ for name in "${names[@]}"; do
       "$name" "$tag" "$registry/$name:$version" "$manifest" "$archive" "$built" \
       $((SECONDS - t - built)) "$compressed" "$unpacked" > "$record"
   fi
-  [ "$builder" = docker ] || "$oci" podman tag "$tag" "$registry/$name:$version"
   summary+=("$record")
   if [ "$builder" = buildah ]; then  # the cache holds what the current inputs give, no more
-    "$oci" podman images --format '{{.Repository}}:{{.Tag}}' "localhost/kubetrain/$name" |
-      { grep -vxF -e "$tag" -e "localhost/kubetrain/$name:<none>" || true; } |
-      xargs -r "$oci" podman rmi >/dev/null
+    older "localhost/kubetrain/$name" "$tag" | xargs -r "$oci" podman rmi >/dev/null
     find "$cache/images" -name "$name-*" ! -name "$name-$digest.*" -delete
+    "$oci" podman tag "$tag" "$registry/$name:$version"
   fi
 done
 if [ "$builder" = buildah ] && [ "${#names[@]}" = 3 ]; then
-  "$oci" podman images --format '{{.Repository}}:{{.Tag}}' localhost/kubetrain/base |
-    { grep -vxF -e "$base" -e "localhost/kubetrain/base:<none>" || true; } |
-    xargs -r "$oci" podman rmi >/dev/null
+  older localhost/kubetrain/base "$base" | xargs -r "$oci" podman rmi >/dev/null
   # Layers only older builds used; a current build's cached steps have children and stay.
   "$oci" podman image prune --force >/dev/null
   find "$cache/wheelhouse" -mindepth 1 -maxdepth 1 ! -name "${wheels##*/}" -exec rm -rf {} +

@@ -150,6 +150,7 @@ def test_the_image_carries_nothing_its_entry_point_does_not_use(
 def test_the_image_runs_its_program_as_pid_1_and_not_as_root(
     built: dict[str, dict[str, Any]], image: str, user: str, module: str
 ) -> None:
+    oci("podman", "image", "exists", built[image]["ref"])  # the name the chart pulls by default
     config = image_config(built[image]["tag"])["Config"]
     assert config["User"] == user
     assert config["Entrypoint"] == ["python", "-m", module]
