@@ -138,8 +138,8 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     keys = configuration.api_key or {}
     token = keys.get("BearerToken") or keys.get("authorization") or ""
     # The in-cluster config writes "bearer <token>" (lowercase), a kubeconfig "Bearer <token>".
-    scheme, _, rest = token.partition(" ")
-    if rest and scheme.lower() == "bearer":
+    scheme, space, rest = token.partition(" ")
+    if space and scheme.lower() == "bearer":
         token = rest
     return kopf.ConnectionInfo(
         server=configuration.host,
