@@ -26,7 +26,6 @@ builder="${IMAGE_BUILDER:-buildah}"
 read -r -a names <<< "${IMAGES:-operator trainer-lora trainer-vision}"
 oci=hack/oci.sh
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-mb() { awk -v b="$1" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
 
 case "$builder" in
   buildah) command -v buildah >/dev/null || { echo "no buildah: run 'make system'" >&2; exit 1; } ;;
@@ -146,7 +145,8 @@ fi
 
 python3 - "${summary[@]}" > build/images.json <<'PY'
 import json, sys
-print(json.dumps({json.load(open(p))["name"]: json.load(open(p)) for p in sys.argv[1:]}, indent=2))
+records = [json.load(open(p)) for p in sys.argv[1:]]
+print(json.dumps({record["name"]: record for record in records}, indent=2))
 PY
 CACHED="${cached[*]}" python3 - build/images.json <<'PY'
 import json, os, sys

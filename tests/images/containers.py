@@ -96,7 +96,8 @@ class PodContainer:
 
     ``volumes`` maps a Pod volume name to the host folder that stands for it (PVCs, Secrets,
     ConfigMaps); ``emptyDir`` volumes get a fresh folder under ``scratch``. ``entrypoint``
-    False runs the image's own ENTRYPOINT instead of the container's ``command``."""
+    False runs the image's own ENTRYPOINT instead of the container's ``command``; ``command``
+    replaces both."""
 
     pod: JSON
     image: str
@@ -105,6 +106,7 @@ class PodContainer:
     env: Mapping[str, str] = field(default_factory=dict)
     network: str = "none"
     use_command: bool = True
+    command: Sequence[str] | None = None
     args: Sequence[str] | None = None
     container_name: str = ""
     name: str = field(default_factory=lambda: f"kubetrain-test-{uuid.uuid4().hex[:10]}")
@@ -153,7 +155,7 @@ class PodContainer:
         self.termination_log.write_text("")
         self.termination_log.chmod(0o666)
         argv.append(f"--volume={self.termination_log}:{TERMINATION_LOG}:rw")
-        command = container.get("command") if self.use_command else None
+        command = self.command or (container.get("command") if self.use_command else None)
         if command:
             argv.append(f"--entrypoint={json.dumps(command)}")
         argv.append(self.image)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ import pytest
 from packaging.utils import canonicalize_name
 from tests.images.conftest import IMAGES
 from tests.images.containers import image_config, oci, run_in_image
+from tests.unit.test_images import pins as debian_pins
+from tests.unit.test_pins import python_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,26 +65,14 @@ def unresolved_in_the_tests_venv() -> dict[str, list[str]]:
     return found
 
 
-def lock_pins(path: Path) -> dict[str, str]:
-    return {
-        canonicalize_name(m[1]): m[2]
-        for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", path.read_text(), re.M)
-    }
-
-
-def debian_pins() -> dict[str, str]:
-    lines = (ROOT / "images" / "base" / "packages.lock").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
-
-
 @pytest.mark.parametrize("image", IMAGES)
 def test_the_installed_distributions_are_exactly_the_images_lock(
     built: dict[str, dict[str, Any]], image: str
 ) -> None:
     found = json.loads(run_in_image(built[image]["tag"], "python", "-c", INSTALLED))
     installed = {canonicalize_name(name): version for name, version in found["dists"]}
-    wanted = lock_pins(ROOT / "images" / image / "requirements.lock")
-    wanted["kubetrain"] = "0.1.0"
+    share = python_lock(ROOT / "images" / image / "requirements.lock")
+    wanted = {name: version for name, (version, _) in share.items()} | {"kubetrain": "0.1.0"}
     extra = sorted(set(installed) - set(wanted))
     missing = sorted(set(wanted) - set(installed))
     differ = {
@@ -105,7 +94,7 @@ def test_the_image_holds_the_base_packages_the_same_python_and_libc(
         "podman", "run", "--rm", "--pull=never", "--network=none", "--read-only",
         f"--volume={verify}:/verify.sh:ro", "--entrypoint=sh", built[image]["tag"], "/verify.sh",
     )  # fmt: skip
-    pins = debian_pins()
+    pins = debian_pins(ROOT / "images" / "base" / "packages.lock")
     python = pins["python3.11"].split("-")[0]
     libc = pins["libc6"].split("-")[0]
     assert f"base: CPython {python} glibc {libc}" in result.stdout

@@ -6,8 +6,6 @@ its Lease, labels its Pod as the report channel's endpoint and answers its liven
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,26 +14,15 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.images.containers import PodContainer
+from tests.integration.test_chart import Tools
 from tests.polling import eventually
 
-from kubetrain.localcluster import ControlPlane, find_binary
+from kubetrain.localcluster import ControlPlane
 from kubetrain.localcluster.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "kubetrain-system"
 RELEASE = "kubetrain"
-
-
-def helm(cluster: ControlPlane, home: Path, *args: str) -> str:
-    env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"),
-               HELM_CONFIG_HOME=str(home / "config"),
-               HELM_DATA_HOME=str(home / "data"))  # fmt: skip
-    result = subprocess.run(
-        [str(find_binary("helm")), "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def on_loopback(args: list[str], ports: dict[str, int]) -> list[str]:
@@ -71,7 +58,7 @@ def test_the_operator_image_runs_the_charts_pod(
 ) -> None:
     image = built["operator"]
     repository, tag = image["ref"].rsplit(":", 1)
-    helm(cluster, tmp_path / "helm", "install", RELEASE, str(ROOT / "charts" / "kubetrain"),
+    Tools(cluster, tmp_path / "helm").helm("install", RELEASE, str(ROOT / "charts" / "kubetrain"),
          "--namespace", NAMESPACE, "--create-namespace",
          "--set", f"image.repository={repository}", "--set", f"image.tag={tag}")  # fmt: skip
 

@@ -149,10 +149,8 @@ def test_the_vision_image_exports_onnx_that_onnx_runtime_loads(
         "print(out.shape)\n"
     )
     loader = PodContainer(worker(job, attempt=1), image["tag"], scratch,
-                          volumes={"checkpoints": checkpoints}, use_command=False,
+                          volumes={"checkpoints": checkpoints}, command=["python"],
                           args=["-c", check, inside])  # fmt: skip
-    loader.container = {**loader.container, "command": ["python"]}
-    loader.use_command = True
     containers.append(loader.start())
     assert loader.wait(timeout=300) == 0, loader.logs()
     assert loader.logs().strip().splitlines()[-1] == "(1, 4)"  # numClasses 4
