@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, helm, kueue) into bin/ from the locked module graphs in hack/tools/<tool>/
-# (go.mod + go.sum, written by `make lock`). The build runs with -mod=readonly and
+# kube-scheduler, kubectl, kubelet, kube-proxy, helm, kueue, containerd, coredns) into bin/
+# from the locked module graphs in hack/tools/<tool>/ (go.mod + go.sum, written by `make lock`). The build runs with -mod=readonly and
 # GOTOOLCHAIN=local: nothing is resolved at build time, and a lock that does not cover the
 # build fails it instead of being quietly completed.
 #
@@ -36,7 +36,8 @@ build() {
   entry="$cache/$tool-$k"
   for a in "$@"; do
     names+=("${a%%=*}") && p="${a#*=}" && pkgs+=("$p")
-    p="${p%/v[0-9]*}" && gonames+=("${p##*/}")  # go build names a binary without its /vN
+    [[ "$p" =~ /v[0-9]+$ ]] && p="${p%/*}"
+    gonames+=("${p##*/}")  # go build names a binary without its trailing /vN
   done
   local n installed=1
   for n in "${names[@]}"; do
@@ -88,7 +89,8 @@ done
 build kubernetes "-s -w$k8s_x" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
-  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl
+  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl \
+  kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
 
 helm_major="${HELM_VERSION%%.*}"
 build helm "-s -w -X helm.sh/helm/$helm_major/internal/version.version=$HELM_VERSION" \
@@ -106,4 +108,12 @@ extra_kueue() {
 }
 build kueue "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" kueue=sigs.k8s.io/kueue/cmd/kueue
 
-log "bin/ holds kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kueue $KUEUE_VERSION ($((SECONDS - started))s)"
+# The real node's runtime (make cluster-up NODE=real): containerd, its runc shim and ctr, and
+# CoreDNS for the Pods' cluster DNS.
+ctrd=github.com/containerd/containerd/v2
+build containerd "-s -w -X $ctrd/version.Version=$CONTAINERD_VERSION" \
+  containerd=$ctrd/cmd/containerd containerd-shim-runc-v2=$ctrd/cmd/containerd-shim-runc-v2 \
+  ctr=$ctrd/cmd/ctr
+build coredns "-s -w" coredns=github.com/coredns/coredns
+
+log "bin/ holds kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kueue $KUEUE_VERSION, containerd $CONTAINERD_VERSION, coredns $COREDNS_VERSION ($((SECONDS - started))s)"

@@ -3,7 +3,7 @@
 # versions in hack/versions.env: `make lock`. The build (hack/build-binaries.sh) then uses
 # them with -mod=readonly, so nothing is resolved at build time.
 #
-#   hack/lock-tools.sh [kubernetes|etcd|helm|kueue ...]   (default: all)
+#   hack/lock-tools.sh [kubernetes|etcd|helm|kueue|containerd|coredns ...]   (default: all)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -63,7 +63,8 @@ lock() {
 lock_kubernetes() {
   lock kubernetes k8s.io/kubernetes "$K8S_VERSION" "v0.${K8S_VERSION#v1.}" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 }
 lock_etcd() {
   lock etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" go.etcd.io/etcd/server/v3
@@ -71,10 +72,17 @@ lock_etcd() {
 lock_kueue() {
   lock kueue sigs.k8s.io/kueue "$KUEUE_VERSION" "" sigs.k8s.io/kueue/cmd/kueue
 }
+lock_containerd() {
+  local m=github.com/containerd/containerd/v2
+  lock containerd "$m" "$CONTAINERD_VERSION" "" "$m/cmd/containerd" "$m/cmd/containerd-shim-runc-v2" "$m/cmd/ctr"
+}
+lock_coredns() {
+  lock coredns github.com/coredns/coredns "$COREDNS_VERSION" "" github.com/coredns/coredns
+}
 lock_helm() {
   lock helm "helm.sh/helm/${HELM_VERSION%%.*}" "$HELM_VERSION" "" "helm.sh/helm/${HELM_VERSION%%.*}/cmd/helm"
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd helm kueue)
+[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd helm kueue containerd coredns)
 for t in "${tools[@]}"; do "lock_$t"; done

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,10 @@ from kubetrain.localcluster.ports import LOOPBACK, free_ports
 from kubetrain.localcluster.processes import Process, stop_pid, tail
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-SERVICE_CIDR = "10.0.0.0/24"  # allocated in etcd only: nothing ever connects to it
+SERVICE_CIDR = "10.0.0.0/24"
+"""Allocated in etcd only, unless a real node (``realnode``) serves it inside its namespace."""
+KUBERNETES_SERVICE_IP = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+EGRESS = "egress"
 STATE_FILE = "state.json"
 
 
@@ -76,12 +81,22 @@ class ControlPlane:
         *,
         bin_dir: Path | None = None,
         tie_to_parent: bool = True,
+        node_address: str | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.bin_dir = bin_dir
         self.tie_to_parent = tie_to_parent
+        self.node_address = node_address
+        """For a real node (``realnode``): the address inside its namespace where the API
+        server is reached (advertised for the ``kubernetes`` Service). With it, the API
+        server's traffic to nodes and Pods goes through ``bridge egress``, which dials only
+        loopback and real nodes' namespaces."""
         self.processes: list[Process] = []
         self.ports: Ports | None = None
+
+    @property
+    def egress(self) -> bool:
+        return self.node_address is not None
 
     # -- paths -------------------------------------------------------------------------
 
@@ -99,6 +114,15 @@ class ControlPlane:
         return self.workdir / "kubeconfig"
 
     @property
+    def egress_socket(self) -> Path:
+        return self.workdir / "egress.sock"
+
+    @property
+    def node_routes(self) -> Path:
+        """The ranges real nodes serve inside their namespaces (read by ``bridge egress``)."""
+        return self.workdir / "node-routes.json"
+
+    @property
     def server(self) -> str:
         if self.ports is None:
             raise ClusterError("the control plane has not been started")
@@ -114,11 +138,11 @@ class ControlPlane:
         self.ports = Ports.allocate()
         self._write_pki()
         deadline = time.monotonic() + timeout
+        names = [EGRESS, *COMPONENTS] if self.egress else list(COMPONENTS)
         try:
-            for name in COMPONENTS:
-                process = Process(
-                    name, self._argv(name, binaries[name]), self.log_dir / f"{name}.log"
-                )
+            for name in names:
+                argv = self._egress_argv() if name == EGRESS else self._argv(name, binaries[name])
+                process = Process(name, argv, self.log_dir / f"{name}.log")
                 process.start(tie_to_parent=self.tie_to_parent)
                 self.processes.append(process)
                 self._save_state()
@@ -180,7 +204,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=(LOOPBACK,),
+            ip_addresses=(LOOPBACK, KUBERNETES_SERVICE_IP, *filter(None, [self.node_address])),
             server=True,
         ).write(d, "apiserver")
         for stem, common_name in (
@@ -230,7 +254,7 @@ class ControlPlane:
                 str(binary),
                 f"--etcd-servers={etcd_url}",
                 f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
+                f"--advertise-address={self.node_address or LOOPBACK}",
                 f"--secure-port={p.apiserver}",
                 f"--cert-dir={d}",
                 f"--tls-cert-file={d / 'apiserver.crt'}",
@@ -247,6 +271,7 @@ class ControlPlane:
                 "--allow-privileged=false",
                 "--profiling=false",
                 "--v=1",
+                *self._egress_flags(),
             ]
         common = [
             f"--bind-address={LOOPBACK}",
@@ -292,6 +317,35 @@ class ControlPlane:
             ]
         raise ValueError(f"unknown component {name}")
 
+    def _egress_argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "kubetrain.localcluster.bridge",
+            "egress",
+            f"--socket={self.egress_socket}",
+            f"--routes={self.node_routes}",
+        ]
+
+    def _egress_flags(self) -> list[str]:
+        if not self.egress:
+            return []
+        path = self.workdir / "egress-selector.yaml"
+        selection = {
+            "name": "cluster",
+            "connection": {
+                "proxyProtocol": "HTTPConnect",
+                "transport": {"uds": {"udsName": str(self.egress_socket)}},
+            },
+        }
+        config = {
+            "apiVersion": "apiserver.k8s.io/v1beta1",
+            "kind": "EgressSelectorConfiguration",
+            "egressSelections": [selection],
+        }
+        path.write_text(json.dumps(config, indent=2))
+        return [f"--egress-selector-config-file={path}"]
+
     # -- readiness ---------------------------------------------------------------------
 
     def _ssl_context(self, client: bool) -> ssl.SSLContext:
@@ -313,6 +367,8 @@ class ControlPlane:
     def _probe(self, name: str) -> Callable[[], bool]:
         assert self.ports is not None
         p = self.ports
+        if name == EGRESS:
+            return self.egress_socket.exists
         urls = {
             "etcd": f"http://{LOOPBACK}:{p.etcd_client}/health",
             "kube-apiserver": f"{self.server}/readyz",
