@@ -205,7 +205,9 @@ def cmd_download(ctx: Context) -> int:
                 f"\r{style.bar(share, views.BAR_WIDTH)} {fmt.size(done)}/{fmt.size(total)}"
             )
 
-    where = ctx.connect().download_model(args.name, dest, progress=progress, timeout=args.timeout)
+    where = ctx.connect().download_model(
+        args.name, dest, progress=progress, timeout=args.timeout, image=args.image
+    )
     if style.bars:
         ctx.err.write("\n")
     files = sum(1 for p in where.rglob("*") if p.is_file())
@@ -216,7 +218,7 @@ def cmd_download(ctx: Context) -> int:
 def cmd_plot(ctx: Context) -> int:
     """Metrics against step from the trainer's per-step log on the job's volume."""
     args, style = ctx.args, ctx.style
-    records = ctx.connect().training_log(args.name)
+    records = ctx.connect().training_log(args.name, image=args.image)
     width = max(20, min(shutil.get_terminal_size((80, 24)).columns - 14, 100))
     for metric in args.metric or ["loss", "learning_rate"]:
         points = [

@@ -16,6 +16,7 @@ from kubetrain.api import Priority
 from kubetrain.cli import commands
 from kubetrain.sdk import Client, KubetrainError, ValidationError
 from kubetrain.sdk.cost import CONFIG_MAP, CONFIG_NAMESPACE
+from kubetrain.sdk.download import DEFAULT_IMAGE as DOWNLOAD_IMAGE
 from kubetrain.sdk.query import SORT_KEYS
 
 PROG = "kubectl train"
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument(
         "--timeout", type=float, default=600.0, help="seconds for a download off the volume"
     )
+    _download_image(download)
 
     plot = _sub(subparsers, "plot", commands.cmd_plot, "a job's loss curve (or another metric)")
     plot.add_argument("name")
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to draw against step (default: loss and learning_rate); repeat for more",
     )
     plot.add_argument("--height", type=int, default=12, help="rows per chart")
+    _download_image(plot)
 
     checkpoints = _sub(subparsers, "checkpoints", commands.cmd_checkpoints, "a job's checkpoints")
     checkpoints.add_argument("name")
@@ -189,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--config-map", default=CONFIG_MAP)
     _output(estimate)
     return parser
+
+
+def _download_image(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image",
+        default=DOWNLOAD_IMAGE,
+        help="image of the short-lived Pod that reads the job's volume; it needs kubetrain "
+        "installed (default: %(default)s)",
+    )
 
 
 def _error_text(err: KubetrainError) -> str:

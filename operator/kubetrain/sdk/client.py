@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
 from kubernetes import client
 
 from kubetrain.api import (
@@ -595,49 +594,40 @@ class Client:
         namespace: str | None = None,
         progress: download.Progress | None = None,
         timeout: float = 600.0,
+        image: str = download.DEFAULT_IMAGE,
     ) -> Path:
         """Put job ``name``'s trained model into the new or empty directory ``dest``: from
-        status.model.uri where it was published, else off the job's checkpoint volume (a
-        short-lived Pod); checked against the reported digest. Returns ``dest``."""
+        status.model.uri where it was published, else off the job's checkpoint volume (exec
+        into a short-lived Pod of ``image``, the operator's by default); checked against the
+        reported digest, and ``dest`` filled only once it all is. Returns ``dest``."""
         job = self.get(name, namespace=namespace)
         model = job.status.model
         if model is None or not model.path:
             phase = job.status.phase.value if job.status.phase else "new"
             raise NotFoundError(f"trainingjob {name!r} has no trained model yet (phase {phase})")
         target = download.fresh(Path(dest))
-        try:
-            if model.uri:
-                download.from_uri(model.uri, target, progress)
-                download.check(target, model.digest)
-            else:
-                image = self._trainer_image()
-                download.from_volume(
-                    self.core, job, model, target, image=image, timeout=timeout, progress=progress
-                )
-        except BaseException:
-            download.discard(target)
-            raise
+        if model.uri:
+            with download.staged(target) as part:
+                download.from_uri(model.uri, part, progress)
+                download.check(part, model.digest)
+        else:
+            download.from_volume(
+                self.core, job, model, target, image=image, timeout=timeout, progress=progress
+            )
         return target
 
     def training_log(
-        self, name: str, *, namespace: str | None = None, timeout: float = 120.0
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        timeout: float = 120.0,
+        image: str = download.DEFAULT_IMAGE,
     ) -> builtins.list[dict[str, Any]]:
         """The per-step metrics job ``name``'s trainer wrote to its volume (loss, learning
-        rate, ... by step), read through a short-lived Pod."""
+        rate, ... by step), read through a short-lived Pod of ``image``."""
         job = self.get(name, namespace=namespace)
-        return download.train_log(self.core, job, image=self._trainer_image(), timeout=timeout)
-
-    def _trainer_image(self) -> str:
-        """The operator's LoRA trainer image (it has the export module), from its config."""
-        try:
-            with api_errors():
-                config_map = self.core.read_namespaced_config_map(
-                    self.config_map, self.config_namespace
-                )
-            loaded = yaml.safe_load((config_map.data or {}).get(cost.CONFIG_KEY) or "") or {}
-            return str((loaded.get("images") or {}).get("llm") or download.DEFAULT_IMAGE)
-        except (KubetrainError, ValueError, AttributeError):
-            return download.DEFAULT_IMAGE
+        return download.train_log(self.core, job, image=image, timeout=timeout)
 
     # -- cost --------------------------------------------------------------------------------
 
