@@ -17,9 +17,7 @@ import yaml
 from kubernetes import client
 
 from kubetrain.api.report import tree_digest
-from kubetrain.api.status import ModelOutput
 from kubetrain.localcluster.nodeagent import STORAGE_CLASS
-from kubetrain.sdk import Client, download
 from tests.e2e.conftest import directory_claim
 from tests.e2e.test_training_e2e import ROOT, Job, _step, tiny_lora
 from tests.integration.helpers import plugin
@@ -257,18 +255,8 @@ def test_the_result_is_published_and_downloaded_with_one_command(
     assert "model downloaded to" in run.stdout
     assert (target / "kubetrain-model.json").is_file()
     assert tree_digest(target)[0] == model["digest"]
-
-    # Off the volume (as if nothing had been published): a short-lived Pod, the same files.
-    sdk = Client(kubeconfig=str(cluster.kubeconfig), namespace=job.ns)
-    volume = download.from_volume(
-        sdk.core, sdk.get("remote"), ModelOutput.model_validate(model), tmp_path / "from-volume",
-        image="unused-on-the-node-agent", timeout=120,
-    )  # fmt: skip
-    assert volume == model["sizeBytes"]
-    assert tree_digest(tmp_path / "from-volume")[0] == model["digest"]
-    assert not [
-        p for p in sdk.core.list_namespaced_pod(job.ns).items if "-download-" in p.metadata.name
-    ]
+    # The download off the volume (exec into a short-lived Pod) needs a real kubelet: the
+    # stand-in here serves no exec, so tests/node proves it.
 
 
 def test_a_failed_upload_is_a_condition_and_the_model_stays_on_the_volume(job: Job) -> None:
