@@ -1,0 +1,3 @@
+module kubetrain.io/examples/custom-job
+
+go 1.26
