@@ -71,10 +71,10 @@ images: $(VENV)/.installed ## build the three images daemonless (buildah) from t
 kind-e2e: ## on a host with Docker: kind cluster, images loaded, Helm install, the tiny job with a stop and resume
 	@bash hack/kind-e2e.sh
 
-cluster-up: ## start the local cluster; writes .cluster/kubeconfig (KUEUE=1: with Kueue and GPU queues)
-	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR) $(if $(KUEUE),--kueue)
+cluster-up: ## start the local cluster; writes .cluster/kubeconfig (KUEUE=1: with Kueue and GPU queues; NODE=real: with a real node running the images)
+	@$(PY) -m kubetrain.localcluster up --dir $(CLUSTER_DIR) $(if $(KUEUE),--kueue) $(if $(filter real,$(NODE)),--real-node)
 
-cluster-down: ## stop the local cluster (every process it started, by PID)
+cluster-down: ## stop the local cluster (every process it started, by PID) and leave the host as it was
 	@$(PY) -m kubetrain.localcluster down --dir $(CLUSTER_DIR)
 
 demo: cluster-up ## the main job: a tiny LoRA TrainingJob on the local cluster, stopped and resumed on the way

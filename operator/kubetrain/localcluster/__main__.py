@@ -1,9 +1,11 @@
 """``python -m kubetrain.localcluster up|down|status``: the local cluster from a shell.
 
 ``up`` starts the control plane, then the node agent (an A100 node, an H100 node and a
-CPU node whose Pods run as local processes), and with ``--kueue`` Kueue with the queues of
-``examples/kueue/queues.yaml``; ``down`` stops the agent, the containers it
-runs, then the control plane, each by its recorded PID.
+CPU node whose Pods run as local processes), with ``--real-node`` a real node beside them
+(kubelet, containerd, kube-proxy and CoreDNS in a network namespace of its own, the images
+of ``make images`` loaded), and with ``--kueue`` Kueue with the queues of
+``examples/kueue/queues.yaml``; ``down`` stops the real node, the agent, the containers it
+runs, then the control plane, each by its recorded PID, and leaves the host as it was.
 """
 
 from __future__ import annotations
@@ -11,37 +13,61 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
-from kubetrain.localcluster import kueue
+from kubetrain.localcluster import kueue, realnode
 from kubetrain.localcluster.controlplane import STATE_FILE, ClusterError, ControlPlane
 from kubetrain.localcluster.nodeagent import STORAGE_CLASS, daemon, default_pool
 from kubetrain.localcluster.processes import pid_is, stop_extras
 
 
-def _up(workdir: Path, timeout: float, with_kueue: bool = False) -> int:
+def _up(workdir: Path, timeout: float, with_kueue: bool = False, real: bool = False) -> int:
     if _running(workdir):
         print(f"the local cluster in {workdir} is already running; `make cluster-down` stops it")
         return 0
-    daemon.stop(workdir)  # leftovers of a half-stopped cluster, agent and containers first
+    realnode.RealNode.stop_recorded(workdir)  # leftovers of a half-stopped cluster first
+    daemon.stop(workdir)
     ControlPlane.stop_recorded(workdir)
-    cluster = ControlPlane(workdir, tie_to_parent=False)
+    address = realnode.NODE_ADDRESS if real else None
+    cluster = ControlPlane(workdir, tie_to_parent=False, node_address=address)
+    node = None
     try:
         cluster.start(timeout=timeout)
         daemon.start(workdir, cluster.kubeconfig, cluster.log_dir / "nodeagent.log", timeout)
+        if real:
+            node = realnode.RealNode(cluster, tie_to_parent=False)
+            node.start(timeout=max(timeout, 180))
+            _load_images(node)
         if with_kueue:
             kueue.start_recorded(cluster, timeout)
     except (ClusterError, daemon.AgentStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         stop_extras(workdir)
+        realnode.RealNode.stop_recorded(workdir)
         daemon.stop(workdir)
         cluster.stop()
         return 1
-    _explain(cluster, workdir)
+    _explain(cluster, workdir, node)
     return 0
 
 
-def _explain(cluster: ControlPlane, workdir: Path) -> None:
+def _load_images(node: realnode.RealNode) -> None:
+    archives = realnode.default_archives()
+    if not archives:
+        print("  (no images recorded in build/images.json: `make images` builds them)")
+    for name, archive in archives.items():
+        if not archive.exists():
+            print(f"  {name}: {archive} is gone (`make images` rebuilds it)")
+            continue
+        started = time.monotonic()
+        loaded = node.load_image(archive)
+        print(
+            f"  loaded {', '.join(loaded)} into the real node ({time.monotonic() - started:.0f}s)"
+        )
+
+
+def _explain(cluster: ControlPlane, workdir: Path, real: realnode.RealNode | None) -> None:
     kubeconfig = cluster.kubeconfig
     state = daemon.state_dir(workdir)
     nodes = []
@@ -54,6 +80,18 @@ def _explain(cluster: ControlPlane, workdir: Path) -> None:
     print(f"  nodes:      {', '.join(nodes)}")
     print("              Pods bound to them run as local processes: images are ignored,")
     print("              `command` must exist here (`python` is this virtualenv's)")
+    if real is not None:
+        print(
+            f"  real node:  {realnode.NODE_NAME} ({real.gpus}x nvidia.com/gpu advertised, no "
+            f"devices): kubelet, containerd (runc), kube-proxy, CoreDNS in network namespace "
+            f"{real.layout.netns}; Pods {realnode.POD_CIDR}, address {realnode.NODE_ADDRESS}"
+        )
+        print(f"              images: {', '.join(real.images())}")
+        print(
+            f"              place a Pod there with nodeSelector "
+            f"{realnode.NODE_LABEL}: real (its images must be loaded: imagePullPolicy Never "
+            "or IfNotPresent)"
+        )
     print(f"  storage:    StorageClass {STORAGE_CLASS} (default), data in {state / 'volumes'}")
     print(f"  pod logs:   {state / 'logs'}/<namespace>_<pod>_<uid>/<container>/<n>.log")
     print(f"  logs:       {cluster.log_dir} (control plane and node agent)")
@@ -68,7 +106,12 @@ def _explain(cluster: ControlPlane, workdir: Path) -> None:
 
 
 def _down(workdir: Path) -> int:
-    stopped = stop_extras(workdir) + daemon.stop(workdir) + ControlPlane.stop_recorded(workdir)
+    stopped = (
+        stop_extras(workdir)
+        + realnode.RealNode.stop_recorded(workdir)
+        + daemon.stop(workdir)
+        + ControlPlane.stop_recorded(workdir)
+    )
     print(
         "stopped: " + ", ".join(stopped) if stopped else f"no local cluster recorded in {workdir}"
     )
@@ -96,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path(".cluster"), help="state directory")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
     parser.add_argument("--kueue", action="store_true", help="also start Kueue (with `up`)")
+    parser.add_argument(
+        "--real-node", action="store_true", help="also start a real node (with `up`; root)"
+    )
     args = parser.parse_args(argv)
     workdir = args.dir.resolve()
     if args.command == "up":
-        return _up(workdir, args.timeout, with_kueue=args.kueue)
+        return _up(workdir, args.timeout, with_kueue=args.kueue, real=args.real_node)
     if args.command == "down":
         return _down(workdir)
     return _status(workdir)

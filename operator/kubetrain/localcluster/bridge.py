@@ -83,7 +83,9 @@ async def _splice(
             writer.close()
 
 
-async def _dial(netns: str | None, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _dial(
+    netns: str | None, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     sock = await loop.run_in_executor(None, _socket_in, netns)
     sock.setblocking(False)
@@ -135,7 +137,7 @@ async def _egress_client(
         writer.write(f"HTTP/1.1 403 Forbidden\r\n\r\n{err}\n".encode())
         writer.close()
         return
-    except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError) as err:
+    except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as err:
         with contextlib.suppress(OSError, RuntimeError):
             writer.write(f"HTTP/1.1 502 Bad Gateway\r\n\r\n{err}\n".encode())
             writer.close()
@@ -174,7 +176,7 @@ async def serve_listen(netns: str, listen: str, target: str) -> None:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             upstream = await _dial(None, host, port)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             writer.close()
             return
         await _splice((reader, writer), upstream)
@@ -199,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
+
+        def finish() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, finish)
         if args.mode == "egress":
             tasks = [asyncio.ensure_future(serve_egress(args.socket, args.routes))]
         else:

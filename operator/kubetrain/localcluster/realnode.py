@@ -19,6 +19,7 @@ hand to containers, and a trainer that finds none trains on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -84,6 +85,12 @@ class Layout:
         return Path(f"/run/kubetrain-{self.id}")
 
     @property
+    def var(self) -> Path:
+        """The kubelet's root (its sockets' paths must be short too; on disk, not tmpfs, as
+        it holds the Pods' emptyDir volumes)."""
+        return Path(f"/var/lib/kubetrain-{self.id}")
+
+    @property
     def containerd_socket(self) -> Path:
         return self.run / "containerd.sock"
 
@@ -108,6 +115,13 @@ def _run(*argv: str) -> None:
         raise NodeError(f"{' '.join(argv)}: {result.stderr.strip() or result.stdout.strip()}")
 
 
+def _output(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NodeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+    return result.stdout or "[]"
+
+
 def _in_netns(layout: Layout, *argv: str) -> list[str]:
     return ["nsenter", f"--net={layout.netns_path}", "--", *argv]
 
@@ -127,6 +141,7 @@ class RealNode:
         self.gpus = gpus
         self.tie_to_parent = tie_to_parent
         self.processes: list[Process] = []
+        self.held_routes: list[str] = []
 
     @property
     def dir(self) -> Path:
@@ -211,11 +226,14 @@ class RealNode:
             if pid_is(entry["pid"], entry["executable"]):
                 stop_pid(entry["pid"], entry["executable"])
                 stopped.append(name)
-        _unmount_under(layout.root, layout.run)
+        _unmount_under(layout.root, layout.run, layout.var)
         _remove_cgroups(layout.cgroup_root)
         if Path(layout.netns_path).exists():
             subprocess.run(["ip", "netns", "delete", layout.netns], check=False)
+        for cidr in state.get("routes", []):
+            subprocess.run(["ip", "route", "del", "unreachable", cidr], check=False)
         shutil.rmtree(layout.run, ignore_errors=True)
+        shutil.rmtree(layout.var, ignore_errors=True)
         (layout.root / STATE).unlink(missing_ok=True)
         return stopped
 
@@ -227,7 +245,7 @@ class RealNode:
         ctr = [str(find_binary("ctr")), f"--address={self.layout.containerd_socket}"]
         result = subprocess.run(
             [*ctr, "--namespace=k8s.io", "images", "import", "--local", "--discard-unpacked-layers",
-             "--snapshotter=overlayfs", str(archive)],
+             "--digests", "--snapshotter=overlayfs", str(archive)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if result.returncode != 0:
@@ -237,6 +255,57 @@ class RealNode:
             for line in result.stdout.splitlines()
             if line.startswith("unpacking ") or line.startswith("saved ")
         ]
+
+    def local_volumes(self, count: int, size: str = "20Gi", *, default: bool = True) -> str:
+        """``count`` hostPath PersistentVolumes on this node (static local volumes, as a
+        platform without a provisioner offers them) of a StorageClass of their own, the
+        cluster's default with ``default``; returns the class's name."""
+        name = "kubetrain-real-local"
+        annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
+        objects: list[dict[str, Any]] = [
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": name, "annotations": annotations},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "WaitForFirstConsumer",
+                "reclaimPolicy": "Retain",
+            }
+        ]
+        on_node = {
+            "required": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": NODE_LABEL, "operator": "In", "values": ["real"]}
+                        ]
+                    }
+                ]
+            }
+        }
+        for i in range(count):
+            path = self.dir / "volumes" / f"pv-{i}"
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o1777)  # any Pod's user may write, as on a fresh disk with fsGroup
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": f"real-local-{i}", "labels": {NODE_LABEL: "real"}},
+                    "spec": {
+                        "capacity": {"storage": size},
+                        "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "storageClassName": name,
+                        "hostPath": {"path": str(path), "type": "Directory"},
+                        "nodeAffinity": on_node,
+                    },
+                }
+            )
+        manifest = self.dir / "local-volumes.json"
+        manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        self._kubectl("apply", "-f", str(manifest))
+        return name
 
     def images(self) -> list[str]:
         ctr = [str(find_binary("ctr")), f"--address={self.layout.containerd_socket}"]
@@ -260,12 +329,35 @@ class RealNode:
         # Pods reach each other and Services through the namespace's own routing table;
         # the kubernetes Service's endpoint is the bridge on NODE_ADDRESS.
         _run(*inside, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        self._hold_ranges()
+
+    def _hold_ranges(self) -> None:
+        """Make the node's ranges unreachable from the host while it runs, so that no
+        packet for a Pod, Service or the node's address can follow the host's default route
+        off this machine. A range the host's own network uses is refused, never taken."""
+        held = []
+        for cidr in self.cidrs:
+            covering = json.loads(_output("ip", "-j", "route", "show", "to", "match", cidr))
+            inside = json.loads(_output("ip", "-j", "route", "show", "to", "root", cidr))
+            if any(r.get("type") == "unreachable" and r["dst"] == cidr for r in inside):
+                continue  # another local real node holds it already
+            taken = [r for r in covering + inside if r["dst"] != "default"]
+            if taken:
+                raise NodeError(
+                    f"the real node's range {cidr} overlaps this host's route "
+                    f"{taken[0]['dst']} (dev {taken[0].get('dev', '?')}): not started"
+                )
+            _run("ip", "route", "add", "unreachable", cidr)
+            held.append(cidr)
+            self.held_routes = held
+            self._write_state()
 
     def _write_files(self, cni_bin: Path, bin_dir: Path) -> None:
         d, ns, cluster = self.dir, self.layout, self.cluster
-        for sub in ("cni/net.d", "cni/ipam", "kubelet", "containerd", "pki"):
+        for sub in ("cni/net.d", "cni/ipam", "containerd", "pki"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         ns.run.mkdir(parents=True, exist_ok=True)
+        (ns.var / "kubelet").mkdir(parents=True, exist_ok=True)
         for hierarchy in _cgroup_mounts():
             path = hierarchy / ns.cgroup_root.lstrip("/")
             path.mkdir(exist_ok=True)
@@ -334,6 +426,8 @@ state = "{ns.run / "state"}"
   # Root here lacks CAP_SYS_RESOURCE: an OOM score below containerd's own (the kubelet asks
   # -998 for sandboxes) is raised to it instead of failing runc.
   restrict_oom_score_adj = true
+  # Pods' network namespaces are mounted under the node's state, not the host's /run/netns.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -429,7 +523,7 @@ state = "{ns.run / "state"}"
                 ns, str(binaries["kubelet"]),
                 f"--config={d / 'kubelet.yaml'}",
                 f"--kubeconfig={d / 'kubelet.kubeconfig'}",
-                f"--root-dir={d / 'kubelet'}",
+                f"--root-dir={ns.var / 'kubelet'}",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={NODE_ADDRESS}",
                 f"--node-labels={NODE_LABEL}=real",
@@ -505,9 +599,7 @@ state = "{ns.run / "state"}"
     def _advertise_gpus(self) -> None:
         """``nvidia.com/gpu`` capacity on the Node's status, as Kubernetes documents for an
         extended resource without a device plugin; the kubelet keeps it in allocatable."""
-        patch = [
-            {"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(self.gpus)}
-        ]
+        patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(self.gpus)}]
         self._kubectl(
             "patch", "node", NODE_NAME, "--subresource=status", "--type=json",
             f"--patch={json.dumps(patch)}",
@@ -527,6 +619,7 @@ state = "{ns.run / "state"}"
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {
             "netns": self.layout.netns,
+            "routes": self.held_routes,
             "processes": [
                 {"name": p.name, "pid": p.pid, "executable": p.executable, "log": str(p.log)}
                 for p in self.processes
@@ -587,10 +680,8 @@ def _remove_cgroups(root: str) -> None:
         if not top.is_dir():
             continue
         for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
-            except OSError:
-                pass
 
 
 def default_archives() -> dict[str, Path]:

@@ -91,9 +91,7 @@ def archive(cache: Path) -> Path:
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-            "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer_blob}
-            ],
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer_blob}],
         }
         manifest_blob = _blob(out, json.dumps(manifest).encode())
         index = {
