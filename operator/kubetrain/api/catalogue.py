@@ -1,8 +1,15 @@
 """The GPU catalogue: what each ``resources.gpuType`` means on this cluster.
 
-Each entry says how to land a Pod on that hardware (node labels as set by NVIDIA GPU
-Feature Discovery, tolerations, the extended resource to request) and what it costs per
-GPU-hour. Platform teams replace or extend the defaults with a YAML file.
+Each entry says how to land a Pod on that hardware (the extended resource to request,
+tolerations, node labels) and what it costs per GPU-hour. Platform teams replace or extend
+the defaults with a YAML file.
+
+A GPU Pod is placed by its ``nvidia.com/gpu`` request alone unless its entry asks for more:
+the product label NVIDIA GPU Feature Discovery sets (``nvidia.com/gpu.product``) is only a
+*preference* by default, so clusters without GFD (most managed clusters) still schedule
+every default GPU type, and clusters with it still put an A100 job on A100 nodes. An entry
+makes placement strict with ``nodeSelector`` (e.g. a cloud's own accelerator label) or with
+``requireProducts`` (its ``products`` on ``productLabel`` become required).
 """
 
 from __future__ import annotations
@@ -29,9 +36,29 @@ class GPUType(BaseModel):
     description: str = ""
     products: list[str] = Field(
         default_factory=list,
-        description="Values of the nvidia.com/gpu.product node label, any of which matches.",
+        description=(
+            "Values of the productLabel node label, any of which matches: preferred nodes, "
+            "or the only nodes allowed with requireProducts."
+        ),
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    product_label: str = Field(
+        default=PRODUCT_LABEL,
+        min_length=1,
+        description=(
+            "The node label products are values of (GPU Feature Discovery's by default; e.g. "
+            "GKE's cloud.google.com/gke-accelerator)."
+        ),
+    )
+    require_products: bool = Field(
+        default=False,
+        description=(
+            "Only nodes whose productLabel is one of products (required node affinity); "
+            "default: those nodes are preferred, any node with the GPU resource will do."
+        ),
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels a worker's node must carry (required)."
+    )
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     resource_name: str | None = Field(
         default=GPU_RESOURCE, description="Extended resource to request; null for CPU-only."

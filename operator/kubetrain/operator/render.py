@@ -205,19 +205,28 @@ def _resources(placement: Placement) -> JSON:
     return out
 
 
+PRODUCT_WEIGHT = 100
+"""The weight of a preferred product (the most a preference can weigh)."""
+
+
 def _affinity(entry: GPUType) -> JSON | None:
+    """The entry's products on its product label: required with requireProducts, else only
+    preferred (the GPU resource request alone decides where a worker may run)."""
     if not entry.products:
         return None
     term = {
         "matchExpressions": [
-            {"key": "nvidia.com/gpu.product", "operator": "In", "values": list(entry.products)}
+            {"key": entry.product_label, "operator": "In", "values": list(entry.products)}
         ]
     }
-    return {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+    if entry.require_products:
+        return {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+            }
         }
-    }
+    preferred = [{"weight": PRODUCT_WEIGHT, "preference": term}]
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": preferred}}
 
 
 def _field_env(name: str, path: str) -> JSON:
