@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CLUSTER_DIR ?= .cluster
 KUBECTL := bin/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
-.PHONY: help setup setup-cold lock lock-base system venv binaries test lint unit integration crds bench images test-images kind-e2e cluster-up cluster-down demo clean
+.PHONY: help setup setup-cold lock lock-base system venv binaries test lint unit integration crds bench images test-images test-node kind-e2e cluster-up cluster-down demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,11 +38,14 @@ $(VENV)/.installed: pyproject.toml hack/requirements.lock hack/install-python.sh
 binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm, kueue into bin/ from hack/tools/ (cached by lock)
 	@bash hack/build-binaries.sh
 
-test: lint ## every test tier but the images' (the README's test command; .ci/run adds the image tier when the images changed)
-	@bash hack/pytest.sh tests --ignore=tests/images
+test: lint ## every test tier but the images' and the real node's (the README's test command; .ci/run adds those two when their inputs changed)
+	@bash hack/pytest.sh tests --ignore=tests/images --ignore=tests/node
 
 test-images: images ## the image tier: build the images (cached by digest), then run each in a real container runtime
 	@bash hack/pytest.sh tests/images
+
+test-node: images ## the real node's tier: the chart as shipped on a kubelet and containerd, running the images (root)
+	@bash hack/pytest.sh tests/node
 
 unit: ## unit tests only (no cluster)
 	@bash hack/pytest.sh tests/unit

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,14 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
             node.load_image(Path(images[name]["archive"]))
             loaded[name] = time.monotonic() - started
 
-        with ThreadPoolExecutor(3) as pool:
+        # A user's own image, built here (hack/build-custom-example.sh), beside the project's.
+        archive = plane.workdir / "custom-example.oci.tar"
+        built = subprocess.run(
+            ["bash", str(ROOT / "hack" / "build-custom-example.sh"), "--archive", str(archive)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        images = dict(images, custom={"archive": str(archive), "tag": built.stdout.split()[-1]})
+        with ThreadPoolExecutor(4) as pool:
             list(pool.map(load, images))
         node.local_volumes(12)
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
@@ -137,3 +145,11 @@ def shipped(real_cluster: RealCluster) -> Release:
     release = Release(real_cluster, SYSTEM, values)
     until(release.leader, "the operator Pod to lead and serve the report channel")
     return release
+
+
+@pytest.fixture
+def jobs(real_cluster: RealCluster, shipped: Release, request: pytest.FixtureRequest) -> str:
+    """A namespace for one test's jobs (kept: the session's cluster goes at its end)."""
+    name = "jobs-" + request.node.name.split("_")[2][:20]
+    real_cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name

@@ -1,0 +1,183 @@
+"""The chart as shipped, on the real node: the operator Pod from its image leads and serves
+the report channel; trainers run from theirs, push progress on the channel, survive the
+operator's loss and an upgrade, stop with a checkpoint and resume from it."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from kubetrain.api.base import GROUP, PLURAL, VERSION
+from kubetrain.api.report import ANNOTATION, tree_digest
+from kubetrain.localcluster.realnode import NODE_NAME
+from tests.integration.helpers import plugin
+from tests.node.conftest import RELEASE, ROOT, RealCluster, Release, until
+
+TIMEOUT = 600.0
+
+
+class Job:
+    def __init__(self, cluster: RealCluster, namespace: str, name: str) -> None:
+        self.custom = client.CustomObjectsApi(cluster.api)
+        self.core = cluster.core
+        self.ns, self.name = namespace, name
+        self.seen: list[dict[str, Any]] = []
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        manifest["metadata"] = {"name": self.name}
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, manifest)
+
+    def status(self) -> dict[str, Any]:
+        job = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, self.name)
+        status: dict[str, Any] = job.get("status") or {}
+        self.seen.append(status)
+        return status
+
+    def until(self, check: Any, what: str) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.status()
+            if status.get("phase") == "Failed":
+                raise AssertionError(f"{self.name} failed: {status.get('conditions')}")
+            return status if check(status) else None
+
+        return until(probe, f"{self.name}: {what}", TIMEOUT)
+
+    def patch(self, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, self.name, {"spec": spec}
+        )
+
+    def pod(self, attempt: int = 1) -> client.V1Pod:
+        return self.core.read_namespaced_pod(f"{self.name}-worker-0-a{attempt}", self.ns)
+
+
+def _step(status: dict[str, Any]) -> int:
+    return int((status.get("progress") or {}).get("currentStep") or 0)
+
+
+def _example(name: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((ROOT / "examples" / name).read_text())
+    return manifest
+
+
+def _on_gpus(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Placed by the nvidia.com/gpu resource (the real node advertises it, with no product
+    label: no GPU Feature Discovery); the trainer finds no device and uses the CPU."""
+    manifest["spec"]["resources"].update(gpuType="a100", workers=1, cpu="1", memory="3Gi")
+    return manifest
+
+
+def test_the_operator_runs_from_its_image_leads_and_serves(
+    real_cluster: RealCluster, shipped: Release
+) -> None:
+    leader = shipped.leader()
+    assert leader is not None
+    operator = real_cluster.images["operator"]
+    assert leader.spec.node_name == NODE_NAME
+    assert leader.spec.containers[0].image == f"ghcr.io/kubetrain/operator@{operator['digest']}"
+    assert leader.status.container_statuses[0].image_id.endswith(operator["digest"])
+    # The report Service selects the leader's Pod, and only it.
+    slices = client.DiscoveryV1Api(real_cluster.api).list_namespaced_endpoint_slice(
+        shipped.namespace, label_selector=f"kubernetes.io/service-name={RELEASE}-reports"
+    )
+    addresses = {a for s in slices.items for e in s.endpoints or [] for a in e.addresses}
+    assert addresses == {leader.status.pod_ip}
+    print(f"\n[node tier] images loaded into containerd: {real_cluster.loaded}")
+
+
+def test_a_lora_job_survives_operator_loss_an_upgrade_and_a_suspend(
+    real_cluster: RealCluster, shipped: Release, jobs: str
+) -> None:
+    job = Job(real_cluster, jobs, "lora")
+    manifest = _on_gpus(_example("tiny-lora-cpu.yaml"))
+    manifest["spec"]["dataset"]["synthetic"]["samples"] = 1024
+    manifest["spec"]["training"]["epochs"] = 2
+    manifest["spec"]["checkpoint"]["intervalSteps"] = 16
+    job.create(manifest)
+    running = job.until(lambda s: _step(s) > 0, "progress from the trainer")
+    pod = job.pod()
+    assert pod.spec.node_name == NODE_NAME
+    assert "@sha256:" in pod.spec.containers[0].image, "the chart pins the trainer by digest"
+    assert ANNOTATION not in (pod.metadata.annotations or {}), "progress came on the channel"
+
+    # The operator's Pod is deleted mid-run: its replacement leads, the trainer goes on.
+    old = shipped.leader()
+    assert old is not None
+    deleted = time.monotonic()
+    real_cluster.core.delete_namespaced_pod(old.metadata.name, shipped.namespace)
+    new = until(
+        lambda: (lead := shipped.leader()) and lead.metadata.name != old.metadata.name and lead,
+        "a new operator Pod to lead",
+    )
+    took = time.monotonic() - deleted
+    print(f"\n[node tier] operator Pod deleted -> replacement leads: {took:.1f}s")
+    at = _step(running)
+    after = job.until(lambda s: _step(s) > at + 4, "progress under the new leader")
+    assert after.get("restarts", 0) == 0 and after.get("failures", 0) == 0
+    assert (
+        job.pod().metadata.uid == pod.metadata.uid
+        and job.pod().status.container_statuses[0].restart_count == 0
+    )
+
+    # A helm upgrade mid-run (a new operator Pod template) changes nothing for the trainer.
+    real_cluster.tools.helm(
+        "upgrade", RELEASE, str(ROOT / "charts" / "kubetrain"), "--namespace", shipped.namespace,
+        "--wait", "--timeout", "5m", *shipped.values,
+        "--set", "podAnnotations.kubetrain\\.io/upgraded=yes", "--set", "operator.logLevel=debug",
+    )  # fmt: skip
+    until(
+        lambda: (lead := shipped.leader()) and lead.metadata.name != new.metadata.name and lead,
+        "the upgraded operator Pod to lead",
+    )
+    at = _step(job.status())
+    job.until(lambda s: _step(s) > at + 4, "progress after the upgrade")
+    trainer = job.pod()
+    assert trainer.metadata.uid == pod.metadata.uid
+    assert ANNOTATION not in (trainer.metadata.annotations or {}), "the channel's TLS still holds"
+
+    # Suspend: SIGTERM through the kubelet, a checkpoint where it stopped; resume from it.
+    job.until(lambda s: s.get("latestCheckpoint"), "a checkpoint")
+    job.patch({"suspend": True})
+    stopped = job.until(lambda s: s.get("phase") == "Stopped", "Stopped")
+    at = _step(stopped)
+    latest = next(c for c in stopped["checkpoints"] if c["id"] == stopped["latestCheckpoint"])
+    assert latest["step"] == at, "the trainer checkpointed where it stopped"
+    assert stopped.get("failures", 0) == 0
+    job.patch({"suspend": False})
+    job.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", "resumed")
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the resume")
+    assert min(_step(s) for s in job.seen if s.get("attempt") == 2) >= at
+    assert _step(done) == done["progress"]["totalSteps"]
+    assert done.get("restarts", 0) == 0 and done.get("failures", 0) == 0
+    log = job.core.read_namespaced_pod_log(f"{job.name}-worker-0-a2", job.ns)
+    assert f"step {at})" in log, log[-2000:]
+
+
+def test_a_vision_job_publishes_onnx_and_downloads_through_the_kubelet(
+    real_cluster: RealCluster, shipped: Release, jobs: str, tmp_path: Path
+) -> None:
+    job = Job(real_cluster, jobs, "vision")
+    manifest = _on_gpus(_example("tiny-vision-cpu.yaml"))
+    manifest["spec"]["training"]["epochs"] = 1
+    manifest["spec"]["vision"]["architecture"] = "resnet50"  # a model of about 100 MB
+    job.create(manifest)
+    done = job.until(lambda s: s.get("phase") == "Completed", "Completed")
+    model = done["model"]
+    assert model["format"] == "onnx" and model["sizeBytes"] > 50_000_000, model
+    # kubectl train download: a small Pod (the operator's image) on the claim, read through
+    # the kubelet's exec stream (logs rotate at 10 MiB there).
+    dest = tmp_path / "model"
+    downloaded = subprocess.run(
+        [str(plugin()), "--kubeconfig", str(real_cluster.plane.kubeconfig), "-n", jobs,
+         "download", job.name, str(dest)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
+    assert tree_digest(dest) == model["digest"]
+    assert any(p.suffix == ".onnx" for p in dest.rglob("*"))
+    assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) > 50_000_000
