@@ -78,6 +78,22 @@ def test_an_entry_may_require_its_products_on_a_clouds_own_label() -> None:
     }]  # fmt: skip
 
 
+@pytest.mark.parametrize(("require", "kind"), [
+    (None, "requiredDuringSchedulingIgnoredDuringExecution"),  # as configured entries always did
+    (True, "requiredDuringSchedulingIgnoredDuringExecution"),
+    (False, "preferredDuringSchedulingIgnoredDuringExecution"),
+])  # fmt: skip
+def test_a_configured_entry_requires_its_products_unless_it_says_otherwise(
+    require: bool | None, kind: str
+) -> None:
+    entry: dict[str, Any] = {"products": ["NVIDIA-L4"]}
+    if require is not None:
+        entry["requireProducts"] = require
+    catalogue = Catalogue.model_validate({"gpuTypes": {"l4": entry}})
+    node = _pod_spec(Settings(catalogue=catalogue), "l4")["affinity"]["nodeAffinity"]
+    assert list(node) == [kind]
+
+
 def test_an_entry_may_name_required_node_labels_instead() -> None:
     catalogue = Catalogue.model_validate(
         {"gpuTypes": {"a100": {"nodeSelector": {"k8s.amazonaws.com/accelerator": "nvidia-a100"}}}}

@@ -5,11 +5,12 @@ tolerations, node labels) and what it costs per GPU-hour. Platform teams replace
 the defaults with a YAML file.
 
 A GPU Pod is placed by its ``nvidia.com/gpu`` request alone unless its entry asks for more:
-the product label NVIDIA GPU Feature Discovery sets (``nvidia.com/gpu.product``) is only a
-*preference* by default, so clusters without GFD (most managed clusters) still schedule
-every default GPU type, and clusters with it still put an A100 job on A100 nodes. An entry
-makes placement strict with ``nodeSelector`` (e.g. a cloud's own accelerator label) or with
-``requireProducts`` (its ``products`` on ``productLabel`` become required).
+the built-in entries name their products on the label NVIDIA GPU Feature Discovery sets
+(``nvidia.com/gpu.product``) only as a *preference*, so clusters without GFD (most managed
+clusters) still schedule every default GPU type, and clusters with it still put an A100 job
+on A100 nodes. An entry a platform team configures requires its ``products`` (on
+``productLabel``), as it always did, unless it says ``requireProducts: false``; and
+``nodeSelector`` (e.g. a cloud's own accelerator label) is always required.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class GPUType(BaseModel):
         ),
     )
     require_products: bool = Field(
-        default=False,
+        default=True,
         description=(
             "Only nodes whose productLabel is one of products (required node affinity); "
-            "default: those nodes are preferred, any node with the GPU resource will do."
+            "false: those nodes are preferred, any node with the GPU resource will do (the "
+            "built-in entries)."
         ),
     )
     node_selector: dict[str, str] = Field(
@@ -86,6 +88,7 @@ def _gpu(description: str, products: list[str], memory_gib: float, price: float)
     return GPUType(
         description=description,
         products=products,
+        require_products=False,  # GFD may not run: its label only steers, never blocks
         tolerations=[dict(_GPU_TOLERATION)],
         memory_gib=memory_gib,
         worker_cpu="8",
