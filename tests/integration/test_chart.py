@@ -83,6 +83,23 @@ def test_the_chart_lints() -> None:
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+def test_rendering_twice_gives_identical_manifests() -> None:
+    """GitOps tools render the chart on every sync (no ``lookup``): nothing may differ, or
+    each sync would change what runs (a new report channel CA broke running trainers)."""
+
+    def render() -> str:
+        return subprocess.run(
+            [str(find_binary("helm")), "template", "t", str(CHART), "--kube-version", "1.36.3",
+             "-n", "kubetrain-system", "--set", "replicas=2"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+
+    first, second = render(), render()
+    assert first == second
+    kinds = {d["kind"] for d in yaml.safe_load_all(first) if d}
+    assert "Secret" not in kinds  # the operator makes the channel's certificate itself
+
+
 def test_bad_values_fail_before_anything_is_installed(tools: Tools) -> None:
     for setting, complaint in (
         ("replicas=0", "/replicas"),
@@ -155,22 +172,37 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "--lease-name=kubetrain" in container["args"]  # leader election, even for one
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    # The report channel: served by the leader only, over TLS from a Secret kept on upgrade.
+    # The report channel: served by the leader only, over TLS from the Secret the operator
+    # keeps; the chart renders no certificate and mounts none.
     assert (
         "--report-channel-url=https://kubetrain-reports.kubetrain-system.svc:8443"
         in container["args"]
     )
+    assert not any(a.startswith("--report-channel-tls-dir") for a in container["args"])
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert pod["terminationGracePeriodSeconds"] == 30
     service = tools.get("service", "kubetrain-reports", "-n", NS)
     assert service["spec"]["selector"]["kubetrain.io/report-channel"] == "serving"
     dashboard = tools.get("configmap", "kubetrain-dashboard", "-n", NS)
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["kubetrain.json"])["uid"] == "kubetrain-jobs"
-    tls = tools.get("secret", "kubetrain-report-tls", "-n", NS)["data"]
-    assert set(tls) == {"ca.crt", "tls.crt", "tls.key"}
+    assert tools.kubectl("get", "secret", "-n", NS, "-l", "app.kubernetes.io/instance=kubetrain",
+                         "-o", "name").stdout.strip() == ""  # fmt: skip
 
     config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
     settings = Settings.model_validate(yaml.safe_load(config))  # the operator can read it
     assert "a100" in settings.catalogue.names
+    assert settings.report_channel_secret == "kubetrain-report-channel-tls"
+    assert settings.shutdown_seconds == 25  # inside the Pod's grace
+    assert settings.replica_selector == (
+        "app.kubernetes.io/component=operator,app.kubernetes.io/instance=kubetrain,"
+        "app.kubernetes.io/name=kubetrain"
+    )
+    # The Secret's Role: get and update only that Secret, create in this namespace only.
+    channel_role = tools.get("role", "kubetrain-report-channel", "-n", NS)
+    plain = yaml.safe_load_all((ROOT / "config" / "rbac" / "operator-tls-role.yaml")
+                               .read_text())  # fmt: skip
+    assert channel_role["rules"] == next(plain)["rules"]
 
     role = tools.get("clusterrole", "kubetrain")
     source = yaml.safe_load((ROOT / "config" / "rbac" / "operator-clusterrole.yaml").read_text())
@@ -198,7 +230,6 @@ def test_install_upgrade_uninstall(tools: Tools) -> None:
     )
     deployment = tools.get("deployment", "kubetrain", "-n", NS)
     assert deployment["spec"]["replicas"] == 2
-    assert tools.get("secret", "kubetrain-report-tls", "-n", NS)["data"] == tls  # trainers' CA
     config = tools.get("configmap", "kubetrain-config", "-n", NS)["data"]["config.yaml"]
     assert Settings.model_validate(yaml.safe_load(config)).catalogue.get("mi300") is not None
 

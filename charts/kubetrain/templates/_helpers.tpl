@@ -53,3 +53,17 @@ the digest given beside it. Call with (list <image value> <digest value> <value 
 {{- printf "%s@%s" (regexReplaceAll `:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$` $image "") $digest -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The Secret where the operator keeps the report channel's CA and certificate. */ -}}
+{{- define "kubetrain.reportSecret" -}}
+{{ include "kubetrain.fullname" . }}-report-channel-tls
+{{- end -}}
+
+{{- /* The operator Pods' selector as a label query (a=b,c=d), sorted by key. */ -}}
+{{- define "kubetrain.selectorString" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := include "kubetrain.selector" . | fromYaml -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -79,13 +80,20 @@ class Controller:
             watcher.start()
             self._watchers.append(watcher)
 
-    def stop(self) -> None:
-        for watcher in self._watchers:
-            watcher.stop()
+    def stop(self, deadline: float | None = None) -> None:
+        """Stop watching and working; waits for reconciles under way until ``deadline``
+        (``time.monotonic()``; default 10 s from now) at the latest, not per worker."""
+        end = time.monotonic() + 10.0 if deadline is None else deadline
         self._stopped.set()
         self.queue.close()
+        for watcher in self._watchers:  # daemon threads: each is given a moment, no more
+            watcher.stop(timeout=min(0.5, max(end - time.monotonic(), 0.0)))
         for worker in self._workers:
-            worker.join(timeout=10)
+            worker.join(timeout=max(end - time.monotonic(), 0.0))
+        busy = sum(w.is_alive() for w in self._workers)
+        if busy:
+            log.warning("%d reconcile(s) still under way at shutdown: left to end with the "
+                        "process (each resumes from the cluster's state)", busy)  # fmt: skip
 
     def job_event(self, event: Mapping[str, Any]) -> None:
         body = event.get("object") or {}

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,12 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
-from kubetrain.operator import metrics
+from kubetrain.operator import channel_tls, metrics
 from kubetrain.operator.controller import Controller
 from kubetrain.operator.kube import Cluster
 from kubetrain.operator.leader import LeaderElector
 from kubetrain.operator.render import TRAINER_POLICY
-from kubetrain.operator.reports import ReportServer, TokenReviewer, server_context
+from kubetrain.operator.reports import ReportServer, TokenReviewer, bare_context, server_context
 from kubetrain.operator.settings import Settings, load_settings
 from kubetrain.operator.watching import NamespaceFilter
 
@@ -74,9 +76,11 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
             "(kueue.x-k8s.io/v1beta2): install Kueue v0.17 or later, or turn the integration "
             "off (chart value kueue.enabled)"
         )
+    channel = operator_settings.report_channel_listen
+    namespace = memo.get("lease_namespace") or os.environ.get("POD_NAMESPACE") or "default"
+    context = _channel_context(memo, operator_settings, namespace) if channel else None
     controller = Controller(cluster, operator_settings, workers=workers)
     memo["controller"] = controller
-    channel = operator_settings.report_channel_listen
     if memo.get("standalone"):
         standalone = threading.Event()
         standalone.set()
@@ -87,14 +91,22 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
             controller.resync()
             if channel:
                 cluster.label_own_pod(CHANNEL_LABEL, "serving")
+                # A former leader that died holding the label would keep receiving reports.
+                selector = operator_settings.replica_selector
+                stale = cluster.unlabel_other_pods(CHANNEL_LABEL, selector)
+                if stale:
+                    log.info("cleared %s from former leaders' Pods: %s", CHANNEL_LABEL,
+                             ", ".join(stale))  # fmt: skip
 
         def lost() -> None:
             if channel:
                 cluster.label_own_pod(CHANNEL_LABEL, None)
 
+        if channel:  # left by this Pod's previous container, which may have led
+            cluster.label_own_pod(CHANNEL_LABEL, None)
         elector = LeaderElector(
             api,
-            memo.get("lease_namespace") or os.environ.get("POD_NAMESPACE") or "default",
+            namespace,
             memo.get("lease_name") or "kubetrain-operator",
             f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
             lease_seconds=operator_settings.lease_seconds,
@@ -106,15 +118,10 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
         elector.start()
     controller.watch_children(api, NamespaceFilter(memo.get("namespaces") or ()))
     controller.start()  # its workers wait for the children's first lists
-    if channel:
-        if not operator_settings.report_channel_tls_dir:
-            raise kopf.PermanentError(
-                "reportChannelListen is set without reportChannelTlsDir: trainers send bearer "
-                "tokens on the channel, so it is served over TLS only"
-            )
+    if channel and context is not None:
         server = ReportServer(
             channel,
-            server_context(Path(operator_settings.report_channel_tls_dir)),
+            context,
             TokenReviewer(client.AuthenticationV1Api(api)),
             controller.accept_report,
             controller.active.is_set,
@@ -152,17 +159,68 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
+def _channel_context(memo: kopf.Memo, settings: Settings, namespace: str) -> ssl.SSLContext:
+    """The channel's serving TLS: from reportChannelTlsDir, or from the Secret the operator
+    keeps (made at first start, renewed in place); the CA goes into ``settings`` for trainers."""
+    if settings.report_channel_tls_dir:
+        return server_context(Path(settings.report_channel_tls_dir))
+    if not settings.report_channel_secret:
+        raise kopf.PermanentError(
+            "reportChannelListen is set without reportChannelSecret or reportChannelTlsDir: "
+            "trainers send bearer tokens on the channel, so it is served over TLS only"
+        )
+    try:
+        hosts = channel_tls.channel_hosts(settings.report_channel_url)
+        core = client.CoreV1Api(memo["api_client"])
+        tls = channel_tls.ensure(core, namespace, settings.report_channel_secret, hosts)
+    except (ValueError, RuntimeError) as err:
+        raise kopf.PermanentError(str(err)) from None
+    settings.report_channel_ca = tls.ca_pem
+    context = bare_context()
+    channel_tls.load_into(context, tls)
+
+    def new_ca(pem: str) -> None:
+        settings.report_channel_ca = pem  # trainers started from now on get it
+
+    keeper = channel_tls.Keeper(
+        core, namespace, settings.report_channel_secret, hosts,
+        context=context, current=tls, on_ca=new_ca,
+    )  # fmt: skip
+    keeper.start()
+    memo["channel_tls"] = keeper
+    return context
+
+
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    server: ReportServer | None = memo.get("report_server")
-    if server is not None:
-        server.stop()
-    controller: Controller | None = memo.get("controller")
-    if controller is not None:
-        controller.stop()
+    """Hand over first, then wind down, each step within what is left of shutdownSeconds:
+    the Lease and the channel's label go before anything slow, so a standby takes over at
+    its next look, well inside the Pod's termination grace."""
+    settings: Settings | None = memo.get("settings")
+    deadline = time.monotonic() + (settings.shutdown_seconds if settings else 20.0)
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 0.1)
+
     elector: LeaderElector | None = memo.get("elector")
     if elector is not None:
-        elector.stop()
+        elector.release()
+        if settings is not None and settings.report_channel_listen:
+            Cluster(memo["api_client"]).label_own_pod(
+                CHANNEL_LABEL, None, timeout=(1.0, min(2.0, left()))
+            )
+    server: ReportServer | None = memo.get("report_server")
+    if server is not None:
+        server.stop(timeout=min(2.0, left()))
+    keeper: channel_tls.Keeper | None = memo.get("channel_tls")
+    if keeper is not None:
+        keeper.stop(timeout=min(1.0, left()))
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        controller.stop(deadline)
+    if elector is not None:
+        elector.stop(timeout=min(1.0, left()))
+    log.info("shut down (%.1fs of shutdownSeconds left)", deadline - time.monotonic())
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

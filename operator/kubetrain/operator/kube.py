@@ -153,7 +153,9 @@ class Cluster:
             raise
         return True
 
-    def label_own_pod(self, label: str, value: str | None) -> None:
+    def label_own_pod(
+        self, label: str, value: str | None, timeout: tuple[float, float] = TIMEOUT
+    ) -> None:
         """Set (or remove, ``value`` None) a label on this replica's own Pod ($POD_NAME in
         $POD_NAMESPACE); nothing outside a Pod. Best effort: a failure is logged."""
         name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
@@ -167,11 +169,43 @@ class Cluster:
                     namespace,
                     {"metadata": {"labels": {label: value}}},
                     _preload_content=False,
-                    _request_timeout=TIMEOUT,
+                    _request_timeout=timeout,
                 )
             )
         except (ApiException, HTTPError, OSError) as err:
             log.warning("cannot label this replica's Pod %s/%s: %s", namespace, name, err)
+
+    def unlabel_other_pods(self, label: str, selector: str) -> list[str]:
+        """Remove ``label`` from every Pod in $POD_NAMESPACE that matches ``selector`` and
+        carries it, except this replica's own ($POD_NAME); the names unlabelled. Best
+        effort: a failure is logged (the next election tries again)."""
+        name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if not name or not namespace:
+            return []
+        query = ",".join(s for s in (selector, label) if s)
+        done: list[str] = []
+        try:
+            self._count("list")
+            pods: list[Any] = self.core.list_namespaced_pod(
+                namespace, label_selector=query, _request_timeout=TIMEOUT
+            ).items
+            for pod in pods:
+                if pod.metadata.name == name:
+                    continue
+                self._count("patch")
+                _discard(
+                    self.core.patch_namespaced_pod(
+                        pod.metadata.name,
+                        namespace,
+                        {"metadata": {"labels": {label: None}}},
+                        _preload_content=False,
+                        _request_timeout=TIMEOUT,
+                    )
+                )
+                done.append(pod.metadata.name)
+        except (ApiException, HTTPError, OSError) as err:
+            log.warning("cannot clear %s from the other replicas' Pods: %s", label, err)
+        return done
 
     def replace_status(self, job: JSON) -> JSON:
         """Write ``job['status']`` guarded by its resourceVersion.

@@ -24,6 +24,9 @@ from urllib3.exceptions import HTTPError
 
 log = logging.getLogger(__name__)
 
+RELEASE_TIMEOUT = (1.0, 2.0)
+"""Seconds to connect and to answer for the release on shutdown: it must fit the grace."""
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -86,31 +89,47 @@ class LeaderElector:
         self.leading = Leadership(self.renew_deadline, clock)
         self._observed: tuple[Any, ...] | None = None  # the Lease record last seen
         self._observed_at = 0.0  # when it last changed, on our clock
+        self._written: tuple[str, dict[str, Any]] | None = None  # our last write: version, spec
+        self._lock = threading.Lock()  # a renewal and the release never interleave
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """Release the Lease (when held) and end the thread, within about ``timeout`` plus
+        one release request (at most RELEASE_TIMEOUT)."""
+        self.release()
+        self._thread.join(timeout)
+
+    def release(self) -> None:
+        """Stop acting and renewing, and give the Lease up at once so that a standby takes
+        it on its next look instead of waiting out the lease (a clean shutdown's first step)."""
         self._stop.set()
-        self._thread.join(timeout=10)
-        if self.leading.is_set():
-            self._release()
+        self.leading.lost()  # workers stop taking jobs before the Lease is anyone else's
+        with self._lock:  # waits for a renewal under way (bounded by its request timeout)
+            if self._written is not None:
+                self._release()
+                self._written = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                held = self._try()
-            except ApiException as err:
-                log.warning("leader election: %s %s", err.status, err.reason)
-                held = False
-            except (HTTPError, OSError) as err:
-                log.warning("leader election: no answer from the API server: %s", err)
-                held = False
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                try:
+                    held = self._try()
+                except ApiException as err:
+                    log.warning("leader election: %s %s", err.status, err.reason)
+                    held = False
+                except (HTTPError, OSError) as err:
+                    log.warning("leader election: no answer from the API server: %s", err)
+                    held = False
+                elected = held and not self.leading.held()
+                if held:
+                    self.leading.renewed()
             if held:
-                elected = not self.leading.held()
-                self.leading.renewed()
                 if elected:
                     log.info(
                         "became the leader (%s/%s) as %s", self.namespace, self.name, self.identity
@@ -142,13 +161,14 @@ class LeaderElector:
                 "spec": {**spec, "acquireTime": spec["renewTime"]},
             }
             try:
-                self.api.create_namespaced_lease(
+                created: Any = self.api.create_namespaced_lease(
                     self.namespace, new, _request_timeout=self._timeout
                 )
             except ApiException as conflict:
                 if conflict.status == 409:
                     return False
                 raise
+            self._written = (created.metadata.resource_version, new["spec"])
             return True
         holder = lease.spec.holder_identity
         record = (holder, lease.spec.renew_time, lease.metadata.resource_version)
@@ -163,27 +183,35 @@ class LeaderElector:
         version = lease.metadata.resource_version  # the update fails if anyone got there first
         body: Any = {"metadata": {"name": self.name, "resourceVersion": version}, "spec": spec}
         try:
-            self.api.replace_namespaced_lease(
+            written: Any = self.api.replace_namespaced_lease(
                 self.name, self.namespace, body, _request_timeout=self._timeout
             )
         except ApiException as err:
             if err.status == 409:  # another replica renewed or took it first
                 return False
             raise
+        self._written = (written.metadata.resource_version, spec)
+        if holder in (None, ""):
+            log.info("took the lease %s/%s: it was free (released)", self.namespace, self.name)
+        elif holder != self.identity:
+            log.info("took over the lease %s/%s: %s's lease expired unrenewed",
+                     self.namespace, self.name, holder)  # fmt: skip
         return True
 
     def _release(self) -> None:
-        """Give the Lease up on a clean shutdown so a standby need not wait for expiry."""
+        """Clear the holder, guarded by the version of our last renewal: a Lease that changed
+        since is not ours to release (409). One request, bounded by RELEASE_TIMEOUT."""
+        assert self._written is not None
+        version, spec = self._written
+        released = {**spec, "holderIdentity": None, "leaseDurationSeconds": 1,
+                    "renewTime": _now().isoformat(timespec="microseconds")}  # fmt: skip
+        body: Any = {"metadata": {"name": self.name, "resourceVersion": version}, "spec": released}
         try:
-            lease: Any = self.api.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self._timeout
+            self.api.replace_namespaced_lease(
+                self.name, self.namespace, body, _request_timeout=RELEASE_TIMEOUT
             )
-            if lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                self.api.replace_namespaced_lease(
-                    self.name, self.namespace, lease, _request_timeout=self._timeout
-                )
+            log.info("released the lease %s/%s", self.namespace, self.name)
         except ApiException as err:
-            log.warning("could not release the lease: %s", err.reason)
+            log.warning("could not release the lease: %s %s", err.status, err.reason)
         except (HTTPError, OSError) as err:
             log.warning("could not release the lease: %s", err)

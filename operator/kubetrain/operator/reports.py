@@ -170,10 +170,16 @@ class Inbox:
             return len(self._reports)
 
 
-def server_context(tls_dir: Path) -> ssl.SSLContext:
-    """The serving certificate (``tls.crt``, ``tls.key`` in ``tls_dir``)."""
+def bare_context() -> ssl.SSLContext:
+    """A server context with no certificate loaded yet (TLS 1.2 or later)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def server_context(tls_dir: Path) -> ssl.SSLContext:
+    """The serving certificate (``tls.crt``, ``tls.key`` in ``tls_dir``)."""
+    context = bare_context()
     context.load_cert_chain(tls_dir / "tls.crt", tls_dir / "tls.key")
     return context
 
@@ -210,11 +216,11 @@ class ReportServer:
                 f"the report server cannot listen on {self.host}:{self.port}: {self._error}"
             )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(5)
+        self._thread.join(timeout)
 
     def _serve(self) -> None:
         loop = self._loop = asyncio.new_event_loop()

@@ -100,9 +100,20 @@ class Settings(BaseModel):
             "annotation fallback it keeps to reportIntervalSeconds."
         ),
     )
+    report_channel_secret: str = Field(
+        default="",
+        description=(
+            "The Secret (in the operator's namespace) where the operator keeps the channel's "
+            "CA and serving certificate, made and renewed by itself; instead of "
+            "reportChannelTlsDir."
+        ),
+    )
     report_channel_ca: str = Field(
         default="",
-        description="The CA trainers verify the channel with (read from reportChannelTlsDir).",
+        description=(
+            "The CA trainers verify the channel with (read from reportChannelTlsDir or "
+            "reportChannelSecret)."
+        ),
     )
     cache_claim_name: str = Field(
         default="",
@@ -157,6 +168,21 @@ class Settings(BaseModel):
         description=(
             "Kueue's visibility API (queue positions) at this URL; empty: through the API "
             "server (visibility.kueue.x-k8s.io)."
+        ),
+    )
+    replica_selector: str = Field(
+        default="",
+        description=(
+            "Label selector of the operator's own Pods (its Deployment's): a new leader "
+            "removes the report channel's label from every other one of them."
+        ),
+    )
+    shutdown_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description=(
+            "After SIGTERM the Lease is released first; every later step of the shutdown "
+            "ends within this (keep it under the Pod's terminationGracePeriodSeconds)."
         ),
     )
     lease_seconds: int = Field(
