@@ -17,8 +17,9 @@ def _run(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
-def host_state() -> dict[str, object]:
-    """What a real node could change on the host (each compared whole)."""
+def host_state(workdir: Path) -> dict[str, object]:
+    """What a real node could change on the host (each compared whole; mounts where the node
+    makes them, not those of other container runtimes on the machine)."""
     mounts = sorted(
         line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
     )
@@ -30,9 +31,16 @@ def host_state() -> dict[str, object]:
             line for line in _run("iptables-save").splitlines() if not line.startswith("#")
         ],
         "netns": sorted(p.name for p in Path("/run/netns").glob("*")),
-        "mounts": [m for m in mounts if "kubetrain" in m or "/run/netns" in m],
+        "mounts": [
+            m
+            for m in mounts
+            if m.startswith(("/run/kubetrain-", "/var/lib/kubetrain-", "/run/netns", str(workdir)))
+        ],
         "cgroups": sorted(
-            str(p) for h in _cgroup_mounts() for p in h.iterdir() if "kubetrain" in p.name
+            str(p)
+            for h in _cgroup_mounts(unified=True)
+            for p in h.iterdir()
+            if "kubetrain" in p.name
         ),
         "run": sorted(str(p) for d in ("/run", "/var/lib") for p in Path(d).glob("kubetrain-*")),
     }
@@ -48,7 +56,7 @@ def _egress(plane: ControlPlane, target: str) -> str:
 
 
 def test_the_node_keeps_to_its_namespace_and_leaves_the_host_as_it_was(tmp_path: Path) -> None:
-    before = host_state()
+    before = host_state(tmp_path)
     plane = ControlPlane(tmp_path / "cluster", node_address=NODE_ADDRESS)
     plane.start()
     node = RealNode(plane)
@@ -76,4 +84,4 @@ def test_the_node_keeps_to_its_namespace_and_leaves_the_host_as_it_was(tmp_path:
     finally:
         node.stop()
         plane.stop()
-    assert host_state() == before
+    assert host_state(tmp_path) == before

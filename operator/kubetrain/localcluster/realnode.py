@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -99,12 +100,14 @@ class Layout:
         return f"/kubetrain-{self.id}"
 
 
-def _cgroup_mounts() -> list[Path]:
-    """The mount points of this machine's cgroup v1 hierarchies."""
+def _cgroup_mounts(*, unified: bool = False) -> list[Path]:
+    """The mount points of this machine's cgroup v1 hierarchies (with ``unified``, also the
+    v2 one a hybrid machine mounts beside them, where runc makes cgroups too)."""
+    kinds = ("cgroup", "cgroup2") if unified else ("cgroup",)
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split(" - ")
-        if len(fields) == 2 and fields[1].split()[0] == "cgroup":
+        if len(fields) == 2 and fields[1].split()[0] in kinds:
             mounts.append(Path(line.split()[4]))
     return mounts
 
@@ -241,20 +244,42 @@ class RealNode:
 
     def load_image(self, archive: Path) -> list[str]:
         """Import an OCI archive into the runtime's image store (no registry); the names
-        it now holds from it."""
-        ctr = [str(find_binary("ctr")), f"--address={self.layout.containerd_socket}"]
+        it now holds from it: each ``repo:tag`` and its ``repo@sha256:...``, the reference
+        a chart pinned by digest asks for."""
         result = subprocess.run(
-            [*ctr, "--namespace=k8s.io", "images", "import", "--local", "--discard-unpacked-layers",
-             "--digests", "--snapshotter=overlayfs", str(archive)],
+            [*self._ctr(), "images", "import", "--local", "--discard-unpacked-layers",
+             "--snapshotter=overlayfs", str(archive)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if result.returncode != 0:
-            raise NodeError(f"importing {archive}: {result.stderr.strip()}")
-        return [
+            raise NodeError(f"importing {archive}: {result.stderr.strip().splitlines()[-1]}")
+        names = [
             line.split()[1]
             for line in result.stdout.splitlines()
-            if line.startswith("unpacking ") or line.startswith("saved ")
+            if line.startswith(("unpacking ", "saved "))
         ]
+        digests = self._image_digests()
+        for name in list(names):
+            pinned = f"{name.rsplit(':', 1)[0]}@{digests[name]}"
+            if pinned not in digests:
+                subprocess.run([*self._ctr(), "images", "tag", name, pinned],
+                               capture_output=True, check=True)  # fmt: skip
+            names.append(pinned)
+        return names
+
+    def images(self) -> list[str]:
+        return sorted(self._image_digests())
+
+    def _image_digests(self) -> dict[str, str]:
+        listed = subprocess.run(
+            [*self._ctr(), "images", "list"], capture_output=True, text=True, check=True
+        )
+        rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+        return {row[0]: row[2] for row in rows if len(row) > 2}
+
+    def _ctr(self) -> list[str]:
+        return [str(find_binary("ctr")), f"--address={self.layout.containerd_socket}",
+                "--namespace=k8s.io"]  # fmt: skip
 
     def local_volumes(self, count: int, size: str = "20Gi", *, default: bool = True) -> str:
         """``count`` hostPath PersistentVolumes on this node (static local volumes, as a
@@ -306,14 +331,6 @@ class RealNode:
         manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
         self._kubectl("apply", "-f", str(manifest))
         return name
-
-    def images(self) -> list[str]:
-        ctr = [str(find_binary("ctr")), f"--address={self.layout.containerd_socket}"]
-        result = subprocess.run(
-            [*ctr, "--namespace=k8s.io", "images", "list", "--quiet"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return result.stdout.split()
 
     def _pause_archive(self) -> Path:
         return sandbox.archive(self.dir / "images")
@@ -675,13 +692,26 @@ def _unmount_under(*roots: Path) -> None:
 
 
 def _remove_cgroups(root: str) -> None:
-    for hierarchy in _cgroup_mounts():
+    """Kill what is left in the node's cgroups (a container whose shim was lost: its PIDs
+    are the node's by where they run), then remove them, deepest first."""
+    for hierarchy in _cgroup_mounts(unified=True):
         top = hierarchy / root.lstrip("/")
         if not top.is_dir():
             continue
-        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
+        for procs in top.rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        walked = sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True)
+        for dirpath, _, _ in walked:
+            for _ in range(50):  # a killed task leaves its cgroup a moment later
+                try:
+                    os.rmdir(dirpath)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
 
 def default_archives() -> dict[str, Path]:
