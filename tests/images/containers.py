@@ -217,6 +217,15 @@ class PodContainer:
             timeout=self.grace_seconds + 60)  # fmt: skip
         return int(self.state()["ExitCode"])
 
+    def exec(self, *argv: str) -> subprocess.Popen[bytes]:
+        """``argv`` run in the running container as its user (``podman exec``, which stands
+        for the API server's exec), its stdout and stderr pipes to read."""
+        return subprocess.Popen(
+            [str(OCI), "podman", "exec", self.name, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def logs(self) -> str:
         result = oci("podman", "logs", self.name, check=False)
         return result.stdout + result.stderr

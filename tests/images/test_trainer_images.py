@@ -1,7 +1,8 @@
 """The trainer images run the Pods the operator renders: the LoRA trainer stops with a
 checkpoint on SIGTERM and a second container resumes from it, the vision trainer exports an
-ONNX model that ONNX Runtime loads, the fetch and download entry points work from the image
-they run in, and a GPU job on a node without a usable NVIDIA driver fails at once."""
+ONNX model that ONNX Runtime loads, the fetch entry point works from the image it runs in,
+the download's export runs by exec in the operator image's small download Pod, and a GPU job
+on a node without a usable NVIDIA driver fails at once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.polling import eventually
 from tests.trainer.s3server import REGION, S3Server
 
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, MODEL_MANIFEST, tree_digest
 from kubetrain.operator.render import Placement, fetch_pod, worker_pod
 from kubetrain.operator.settings import Settings
 from kubetrain.sdk import download
@@ -112,18 +113,84 @@ def test_the_lora_image_stops_with_a_checkpoint_and_a_second_container_resumes_t
     assert done["model"]["path"].startswith("/checkpoints/")
     assert resumed.termination_message().startswith("completed") or resumed.termination_message()
 
-    # `kubectl train download`'s Pod, from the same image: the model comes back, digest checked.
+    # `kubectl train download`: the operator image's download Pod holds the volume read-only
+    # and the SDK's export runs in it by exec; the model comes back, digest checked.
     model = done["model"]
-    inside = model["path"].removeprefix("/checkpoints").lstrip("/")
-    pod = download.export_pod(
-        "tiny-lora-download", "tiny-lora", "tiny-lora-checkpoints", inside, image["ref"]
-    )
-    exporter = PodContainer(pod, image["tag"], scratch, volumes={"model": checkpoints})
+    exporter = download_pod(built, scratch, checkpoints)
     containers.append(exporter.start())
-    assert exporter.wait(timeout=300) == 0
     dest = scratch / "downloaded"
-    copied = download.unpack(exporter.logs(), dest, model.get("digest") or None)
+    copied = exec_export(exporter, model["path"], dest, model.get("digest") or None)
     assert copied > 0 and any(dest.rglob("*.safetensors"))
+
+
+def download_pod(built: dict[str, dict[str, Any]], scratch: Path, claim: Path) -> PodContainer:
+    """The Pod ``kubectl train download`` starts (the operator image), ``claim`` its volume."""
+    image = built["operator"]
+    pod = download.export_pod("tiny-lora-download", "tiny-lora", "tiny-lora-checkpoints",
+                              image["ref"], hold=600)  # fmt: skip
+    return PodContainer(pod, image["tag"], scratch, volumes={"model": claim})
+
+
+def exec_export(
+    pod: PodContainer,
+    path: str,
+    dest: Path,
+    digest: str | None,
+    progress: download.Progress | None = None,
+) -> int:
+    """What the SDK does once the Pod runs: exec the export in it and unpack its stdout,
+    the copy counting only when the export exited 0."""
+    eventually(pod.running, timeout=60, what="the download Pod to run")
+    process = pod.exec(*download.export_command(path))
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        with download.staged(dest) as part:
+            try:
+                copied = download.unpack(process.stdout, part, digest, progress)
+            finally:  # as the SDK does: the export's own error is the one to report
+                code = process.wait(timeout=60)
+                assert code == 0, f"exit {code}: {process.stderr.read().decode()}"
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    return copied
+
+
+def test_the_operator_image_exports_a_60_mb_model_by_exec_within_the_pods_limits(
+    built: dict[str, dict[str, Any]], scratch: Path, containers: list[PodContainer]
+) -> None:
+    checkpoints = volume(scratch / "checkpoints")
+    model = volume(checkpoints / "run-1" / "model")
+    (model / "model.safetensors").write_bytes(os.urandom(60 * 1000 * 1000))
+    (model / MODEL_MANIFEST).write_text(json.dumps({"kind": "lora"}))
+    for path in (model / "model.safetensors", model / MODEL_MANIFEST):
+        os.chown(path, TRAINER_UID, TRAINER_UID)
+    digest, size, _ = tree_digest(model)
+    exporter = download_pod(built, scratch, checkpoints)
+    # The container gets the Pod's limits, read-only root and user (tests.images.containers).
+    argv = exporter.argv()
+    assert "--read-only" in argv and "--cap-drop=ALL" in argv and "--user=1000:1000" in argv
+    assert any(a.startswith("--memory=") for a in argv) and any(
+        a.startswith("--cpus=") for a in argv
+    )
+    containers.append(exporter.start())
+    seen: list[int] = []
+    dest = scratch / "downloaded"
+    copied = exec_export(exporter, "/checkpoints/run-1/model", dest, digest,
+                         lambda done, total: seen.append(done))  # fmt: skip
+    assert copied == size and tree_digest(dest)[0] == digest
+    assert seen[-1] == size and seen == sorted(seen) and len(seen) > 50
+    assert exporter.state()["OOMKilled"] is False
+
+    # A path that is not on the volume: the export says so, and nothing is left.
+    with pytest.raises(AssertionError, match="exit 2: export: /model-volume/run-2/model does not"):
+        exec_export(exporter, "/checkpoints/run-2/model", scratch / "nothing", None)
+    assert not (scratch / "nothing").exists()
+    assert not [p for p in scratch.iterdir() if ".partial-" in p.name]
+
+    # Its main process waits for the next exec, and SIGTERM (the Pod's deletion) ends it at once.
+    assert exporter.running()
+    assert exporter.stop() == 0
 
 
 def test_the_vision_image_exports_onnx_that_onnx_runtime_loads(
