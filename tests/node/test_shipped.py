@@ -16,6 +16,7 @@ from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.api.report import ANNOTATION, tree_digest
 from kubetrain.localcluster.realnode import NODE_NAME
 from tests.integration.helpers import plugin
+from tests.integration.test_cli import Tmux
 from tests.node.conftest import RELEASE, ROOT, RealCluster, Release, until
 
 TIMEOUT = 600.0
@@ -91,7 +92,7 @@ def test_the_operator_runs_from_its_image_leads_and_serves(
 
 
 def test_a_lora_job_survives_operator_loss_an_upgrade_and_a_suspend(
-    real_cluster: RealCluster, shipped: Release, jobs: str
+    real_cluster: RealCluster, shipped: Release, jobs: str, tmp_path: Path
 ) -> None:
     job = Job(real_cluster, jobs, "lora")
     manifest = _on_gpus(_example("tiny-lora-cpu.yaml"))
@@ -156,6 +157,27 @@ def test_a_lora_job_survives_operator_loss_an_upgrade_and_a_suspend(
     assert done.get("restarts", 0) == 0 and done.get("failures", 0) == 0
     log = job.core.read_namespaced_pod_log(f"{job.name}-worker-0-a2", job.ns)
     assert f"step {at})" in log, log[-2000:]
+
+    # The whole curve, across the stop, from the trainer's per-step log on the volume
+    # (`kubectl train plot` reads it through a small Pod and the kubelet's exec stream).
+    plot = [str(plugin()), "--kubeconfig", str(real_cluster.plane.kubeconfig), "-n", jobs,
+            "plot", job.name, "--metric", "loss", "--height", "6"]  # fmt: skip
+    plotted = subprocess.run(plot, capture_output=True, text=True, timeout=300, check=False)
+    assert plotted.returncode == 0, plotted.stderr
+    lines = plotted.stdout.splitlines()
+    assert lines[0].startswith(f"{job.name}: loss by step (")
+    assert int(lines[0].split("(")[1].split()[0]) > 5
+    assert sum(line.count("•") for line in lines[1:7]) > 5
+    # And drawn in a real terminal (a tmux pane).
+    tmux = Tmux(tmp_path)
+    tmux.start(plot)
+    try:
+        until(lambda: tmux.exit_status() is not None, "plot to finish in tmux")
+        screen = tmux.screen()  # the chart's bottom rows and axis (its title may scroll off)
+        assert screen.count("•") > 5 and "+---" in screen, screen
+        assert tmux.exit_status() == 0
+    finally:
+        tmux.stop()
 
 
 def test_a_vision_job_publishes_onnx_and_downloads_through_the_kubelet(

@@ -72,6 +72,8 @@ def replaced(tool: str) -> dict[str, str]:
 V = versions()
 K8S_STAGING = "v0." + V["K8S_VERSION"].removeprefix("v1.")
 HELM_MODULE = "helm.sh/helm/" + V["HELM_VERSION"].split(".")[0]
+CONTAINERD = "github.com/containerd/containerd/v2"
+COREDNS = "github.com/coredns/coredns"
 
 
 @pytest.mark.parametrize(
@@ -82,11 +84,19 @@ HELM_MODULE = "helm.sh/helm/" + V["HELM_VERSION"].split(".")[0]
             "k8s.io/kubernetes",
             V["K8S_VERSION"],
             {f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-apiserver", "kube-controller-manager")}
-            | {f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-scheduler", "kubectl")},
+            | {f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-scheduler", "kubectl")}
+            | {f"k8s.io/kubernetes/cmd/{c}" for c in ("kubelet", "kube-proxy")},
         ),
         ("etcd", "go.etcd.io/etcd/server/v3", V["ETCD_VERSION"], {"go.etcd.io/etcd/server/v3"}),
         ("helm", HELM_MODULE, V["HELM_VERSION"], {f"{HELM_MODULE}/cmd/helm"}),
         ("kueue", "sigs.k8s.io/kueue", V["KUEUE_VERSION"], {"sigs.k8s.io/kueue/cmd/kueue"}),
+        (
+            "containerd",
+            CONTAINERD,
+            V["CONTAINERD_VERSION"],
+            {f"{CONTAINERD}/cmd/{c}" for c in ("containerd", "containerd-shim-runc-v2", "ctr")},
+        ),
+        ("coredns", COREDNS, V["COREDNS_VERSION"], {COREDNS}),
     ],
 )
 def test_each_tool_lock_requires_exactly_the_version_in_versions_env(
@@ -119,7 +129,8 @@ def run_bin(*argv: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "component", ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    "component",
+    ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"],
 )
 def test_built_kubernetes_components_report_the_pinned_release(component: str) -> None:
     assert run_bin(component, "--version").split() == ["Kubernetes", V["K8S_VERSION"]]
@@ -132,6 +143,12 @@ def test_built_kubectl_etcd_and_helm_report_the_pinned_releases() -> None:
         "ETCD_VERSION"
     ].removeprefix("v")
     assert run_bin("helm", "version", "--template", "{{.Version}}") == V["HELM_VERSION"]
+
+
+def test_the_real_nodes_runtime_reports_the_pinned_releases() -> None:
+    assert run_bin("containerd", "--version").split()[1:3] == [CONTAINERD, V["CONTAINERD_VERSION"]]
+    assert run_bin("ctr", "--version").split()[-1] == V["CONTAINERD_VERSION"]
+    assert run_bin("coredns", "-version").split()[0] == "CoreDNS-" + V["COREDNS_VERSION"][1:]
 
 
 def test_kueue_comes_with_the_crds_and_webhooks_of_its_release() -> None:
