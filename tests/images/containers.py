@@ -45,7 +45,7 @@ def run_in_image(ref: str, *argv: str, timeout: float = 300, user: str = "") -> 
     """Run ``argv`` in the image (network off, read-only, as the image's user or ``user``);
     its stdout."""
     result = oci(
-        "podman", "run", "--rm", "--pull=never", "--network=none", "--read-only",
+        "podman", "run", "--rm", "--pull=never", "--passwd=false", "--network=none", "--read-only",
         *([f"--user={user}"] if user else []), "--entrypoint", argv[0], ref, *argv[1:],
         timeout=timeout,
     )  # fmt: skip
@@ -130,8 +130,10 @@ class PodContainer:
             container.get("securityContext", {}),
         )
         hostname = spec.get("hostname", self.pod["metadata"]["name"])
-        argv = ["podman", "run", "--detach", "--pull=never", f"--name={self.name}",
-                f"--network={self.network}", f"--hostname={hostname}"]  # fmt: skip
+        # No /etc/passwd entry is added for the user (containerd adds none either).
+        argv = ["podman", "run", "--detach", "--pull=never", "--passwd=false",
+                f"--name={self.name}", f"--network={self.network}",
+                f"--hostname={hostname}"]  # fmt: skip
         uid = security.get("runAsUser", pod_security.get("runAsUser"))
         gid = security.get("runAsGroup", pod_security.get("runAsGroup"))
         if uid is not None:

@@ -91,7 +91,7 @@ def test_the_image_holds_the_base_packages_the_same_python_and_libc(
 ) -> None:
     verify = ROOT / "images" / "base" / "verify.sh"
     result = oci(
-        "podman", "run", "--rm", "--pull=never", "--network=none", "--read-only",
+        "podman", "run", "--rm", "--pull=never", "--passwd=false", "--network=none", "--read-only",
         f"--volume={verify}:/verify.sh:ro", "--entrypoint=sh", built[image]["tag"], "/verify.sh",
     )  # fmt: skip
     pins = debian_pins(ROOT / "images" / "base" / "packages.lock")
