@@ -26,7 +26,7 @@ lock: ## regenerate the locks from hack/versions.env and pyproject.toml: hack/to
 lock-base: ## resolve images/base/packages.in against the Debian archive into images/base/packages.lock
 	@bash hack/build-base.sh --lock
 
-system: ## Debian packages the tests and image builds use: tmux, Prometheus, buildah, podman, runc, mmdebstrap
+system: ## Debian packages the tests, image builds and the real node use: tmux, Prometheus, buildah, podman, runc, mmdebstrap, CNI plugins, iptables
 	@bash hack/install-system.sh
 
 venv: $(VENV)/.installed ## .venv with exactly hack/requirements.lock (all extras), the package editable
@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml hack/requirements.lock hack/install-python.sh
 	@PYTHON=$(PYTHON) bash hack/install-python.sh
 	@touch $@
 
-binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm, kueue into bin/ from hack/tools/ (cached by lock)
+binaries: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, helm, kueue, containerd, coredns into bin/ from hack/tools/ (cached by lock)
 	@bash hack/build-binaries.sh
 
 test: lint ## every test tier but the images' and the real node's (the README's test command; .ci/run adds those two when their inputs changed)

@@ -5,9 +5,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 steps=(
-  "system|Debian packages the tests use (tmux, Prometheus)"
+  "system|Debian packages the tests and the real node use (tmux, Prometheus, buildah, podman, runc, CNI plugins, iptables)"
   "venv|.venv from hack/requirements.lock (hashes checked), the package installed editable"
-  "binaries|etcd, Kubernetes, helm and Kueue built from the locked modules in hack/tools/ into bin/"
+  "binaries|etcd, Kubernetes (kubelet and kube-proxy too), helm, Kueue, containerd and CoreDNS built from the locked modules in hack/tools/ into bin/"
 )
 started=$SECONDS
 summary=()

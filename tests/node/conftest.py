@@ -115,6 +115,13 @@ class Release:
         ).items
         return [p for p in pods if p.metadata.deletion_timestamp is None]
 
+    def ready_pods(self) -> list[client.V1Pod]:
+        return [
+            p
+            for p in self.operator_pods()
+            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
+
     def leader(self) -> client.V1Pod | None:
         """The operator Pod that holds the Lease, is Ready and carries the serving label."""
         leases = client.CoordinationV1Api(self.cluster.api).list_namespaced_lease(self.namespace)
@@ -134,6 +141,7 @@ def shipped(real_cluster: RealCluster) -> Release:
     """The chart installed as a user installs it, pinned to the built operator image."""
     operator = real_cluster.images["operator"]
     values = [
+        "--set", "replicas=2",  # a leader and a standby: failover is the standby's takeover
         "--set", f"image.digest={operator['digest']}",
         "--set", "trainer.llmImageDigest=" + real_cluster.images["trainer-lora"]["digest"],
         "--set", "trainer.visionImageDigest=" + real_cluster.images["trainer-vision"]["digest"],
@@ -144,6 +152,7 @@ def shipped(real_cluster: RealCluster) -> Release:
     )  # fmt: skip
     release = Release(real_cluster, SYSTEM, values)
     until(release.leader, "the operator Pod to lead and serve the report channel")
+    until(lambda: len(release.ready_pods()) == 2, "the standby operator Pod to be Ready")
     return release
 
 
