@@ -237,6 +237,8 @@ class RealNode:
             subprocess.run(["ip", "route", "del", "unreachable", cidr], check=False)
         shutil.rmtree(layout.run, ignore_errors=True)
         shutil.rmtree(layout.var, ignore_errors=True)
+        # The runtime's images (gigabytes each) go with the node; the archives stay cached.
+        shutil.rmtree(layout.root / "containerd", ignore_errors=True)
         (layout.root / STATE).unlink(missing_ok=True)
         return stopped
 
