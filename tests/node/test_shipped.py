@@ -96,10 +96,11 @@ def test_a_lora_job_survives_operator_loss_an_upgrade_and_a_suspend(
 ) -> None:
     job = Job(real_cluster, jobs, "lora")
     manifest = _on_gpus(_example("tiny-lora-cpu.yaml"))
-    # Long enough (1,000 steps, minutes here) to lose the operator, upgrade and stop it.
-    manifest["spec"]["dataset"]["synthetic"]["samples"] = 4000
+    # Long enough to lose the operator, upgrade and stop it while it trains: 4,000 steps
+    # (the tiny model makes about 25 a second here on an idle CPU).
+    manifest["spec"]["dataset"]["synthetic"]["samples"] = 16000
     manifest["spec"]["training"]["epochs"] = 2
-    manifest["spec"]["checkpoint"]["intervalSteps"] = 50
+    manifest["spec"]["checkpoint"]["intervalSteps"] = 200
     job.create(manifest)
     running = job.until(lambda s: _step(s) > 0, "progress from the trainer")
     pod = job.pod()
