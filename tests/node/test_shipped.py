@@ -157,7 +157,7 @@ def test_a_lora_job_survives_operator_loss_an_upgrade_and_a_suspend(
     done = job.until(lambda s: s.get("phase") == "Completed", "Completed after the resume")
     assert min(_step(s) for s in job.seen if s.get("attempt") == 2) >= at
     assert _step(done) == done["progress"]["totalSteps"]
-    assert done.get("restarts", 0) == 0 and done.get("failures", 0) == 0
+    assert done.get("failures", 0) == 0  # the resume is attempt 2, never a failure
     log = job.core.read_namespaced_pod_log(f"{job.name}-worker-0-a2", job.ns)
     assert f"step {at})" in log, log[-2000:]
 

@@ -32,6 +32,26 @@ class ClusterError(RuntimeError):
     """The local control plane could not be started or reached."""
 
 
+def wait_ready(process: Process, probe: Callable[[], bool], deadline: float) -> None:
+    """Poll ``probe`` until it holds; a ClusterError naming ``process`` and the tail of its
+    log if it exits first or ``deadline`` (monotonic) passes."""
+    while True:
+        code = process.exit_code()
+        if code is not None:
+            raise ClusterError(
+                f"{process.name} exited with code {code} before it became ready; "
+                f"last lines of {process.log}:\n{tail(process.log)}"
+            )
+        if probe():
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"{process.name} did not become ready in time; "
+                f"last lines of {process.log}:\n{tail(process.log)}"
+            )
+        time.sleep(0.1)
+
+
 def repo_root() -> Path:
     """The checkout this package is installed from (editable installs)."""
     return Path(__file__).resolve().parents[3]
@@ -384,21 +404,7 @@ class ControlPlane:
         return self._get(self.server + path, client=True)[0] == 200
 
     def _wait_ready(self, process: Process, probe: Callable[[], bool], deadline: float) -> None:
-        while True:
-            code = process.exit_code()
-            if code is not None:
-                raise ClusterError(
-                    f"{process.name} exited with code {code} before it became ready; "
-                    f"last lines of {process.log}:\n{tail(process.log)}"
-                )
-            if probe():
-                return
-            if time.monotonic() >= deadline:
-                raise ClusterError(
-                    f"{process.name} did not become ready in time; "
-                    f"last lines of {process.log}:\n{tail(process.log)}"
-                )
-            time.sleep(0.1)
+        wait_ready(process, probe, deadline)
 
     def _process(self, name: str) -> Process:
         return next(p for p in self.processes if p.name == name)

@@ -39,9 +39,10 @@ from kubetrain.localcluster.controlplane import (
     ControlPlane,
     find_binary,
     repo_root,
+    wait_ready,
 )
 from kubetrain.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from kubetrain.localcluster.processes import Process, pid_is, stop_pid, tail, wait_until
+from kubetrain.localcluster.processes import Process, pid_is, stop_pid, wait_until
 
 NODE_NAME = "kubetrain-real"
 NODE_ADDRESS = "10.200.0.1"
@@ -179,13 +180,13 @@ class RealNode:
                 self.processes.append(process)
                 self._write_state()
                 if name == "containerd":
-                    self._wait(process, self.layout.containerd_socket.exists, deadline)
+                    wait_ready(process, self.layout.containerd_socket.exists, deadline)
                     self.load_image(self._pause_archive())
-            self._wait(self._process("kubelet"), self._node_ready, deadline)
+            wait_ready(self._process("kubelet"), self._node_ready, deadline)
             self._authorize_apiserver()
             self._advertise_gpus()
             for process in self.processes:
-                self._wait(process, lambda: True, deadline)  # none has exited since
+                wait_ready(process, lambda: True, deadline)  # none has exited since
             self.cluster.node_routes.write_text(
                 json.dumps([{"netns": self.layout.netns_path, "cidrs": self.cidrs}])
             )
@@ -557,23 +558,6 @@ state = "{ns.run / "state"}"
         return None if name == "bridge" else str(binaries[name])
 
     # -- readiness ---------------------------------------------------------------------
-
-    def _wait(self, process: Process, probe: Any, deadline: float) -> None:
-        while True:
-            code = process.exit_code()
-            if code is not None:
-                raise NodeError(
-                    f"{process.name} exited with code {code}; last lines of {process.log}:\n"
-                    f"{tail(process.log)}"
-                )
-            if probe():
-                return
-            if time.monotonic() >= deadline:
-                raise NodeError(
-                    f"{process.name} did not become ready in time; last lines of "
-                    f"{process.log}:\n{tail(process.log)}"
-                )
-            time.sleep(0.2)
 
     def _kubectl(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
