@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -159,6 +160,6 @@ def shipped(real_cluster: RealCluster) -> Release:
 @pytest.fixture
 def jobs(real_cluster: RealCluster, shipped: Release, request: pytest.FixtureRequest) -> str:
     """A namespace for one test's jobs (kept: the session's cluster goes at its end)."""
-    name = "jobs-" + request.node.name.split("_")[2][:20]
+    name = f"jobs-{request.node.name.split('_')[2][:20]}-{uuid.uuid4().hex[:5]}"
     real_cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     return name
