@@ -182,11 +182,13 @@ def test_a_lora_job_stops_with_a_checkpoint_resumes_from_it_and_completes(
     latest = next(c for c in stopped["checkpoints"] if c["id"] == stopped["latestCheckpoint"])
     assert latest["step"] == at, "the trainer checkpointed where it stopped"
     assert stopped.get("failures", 0) == 0
-    assert (
-        job.core.list_namespaced_pod(
-            job.ns, label_selector=f"kubetrain.io/job-name={job.name}"
-        ).items
-        == []
+    until(
+        lambda: (
+            not job.core.list_namespaced_pod(
+                job.ns, label_selector=f"kubetrain.io/job-name={job.name}"
+            ).items
+        ),
+        "the stopped job's Pods to be gone (the kubelet finishes their deletion)",
     )
     job.patch({"suspend": False})
     job.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", "resumed")
