@@ -22,6 +22,7 @@ from kubetrain.api.report import (
     ProgressReport,
     ReportedModel,
     TrainerState,
+    tree_digest,
 )
 from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
 from kubetrain.trainer.config import RuntimeEnv
@@ -163,6 +164,8 @@ class TrainingSession:
         if self.is_main:
             if state == "completed" and model is not None and self.env.output_uri:
                 model = self._upload(model)
+            elif state == "completed" and model is not None and not model.digest:
+                model = _sealed(model)
             try:
                 report: ProgressReport | None = self.build_report(
                     state, message=message, model=model
@@ -244,3 +247,16 @@ def current_epoch(epoch: float) -> int:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _sealed(model: ReportedModel) -> ReportedModel:
+    """The model on the volume with its digest and size (``tree_digest``), so that a download
+    off the volume (``kubectl train download``) can check what it got."""
+    try:
+        if not Path(model.path).is_dir():
+            raise FileNotFoundError(model.path)
+        digest, size, _ = tree_digest(Path(model.path))
+    except OSError as err:
+        log.warning("the model at %s could not be digested: %s", model.path, err)
+        return model
+    return model.model_copy(update={"digest": digest, "size_bytes": size})
