@@ -136,26 +136,7 @@ def pod_set(worker: JSON, count: int) -> JSON:
     for key in ("nodeSelector", "affinity", "tolerations", "priorityClassName"):
         if spec.get(key):
             template[key] = spec[key]
-    if affinity := _required(spec.get("affinity")):
-        template["affinity"] = affinity
     return {"name": POD_SET, "count": count, "template": {"spec": template}}
-
-
-def _required(affinity: JSON | None) -> JSON | None:
-    """The workers' preferred GPU products as required terms: Kueue picks a ResourceFlavor
-    only by what is required (and only on the keys of the flavor's node labels), so a job
-    asking a100 takes the a100 flavor's quota. The admitted flavor's labels then become the
-    Pods' node selector."""
-    node = (affinity or {}).get("nodeAffinity") or {}
-    preferred = node.get("preferredDuringSchedulingIgnoredDuringExecution")
-    if not preferred or node.get("requiredDuringSchedulingIgnoredDuringExecution"):
-        return None
-    terms = [p["preference"] for p in preferred]
-    return {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
-        }
-    }
 
 
 def digest(pods: JSON, queue: str, priority: tuple[str, int] | None) -> str:
