@@ -72,7 +72,7 @@ fi
 if [ -n "$archive" ]; then
   mkdir -p "$(dirname "$archive")"
   rm -f "$archive.partial"
-  "$oci" buildah push --quiet --format oci "$tag" "oci-archive:$archive.partial:$repository:latest"
+  "$oci" buildah push --quiet --format oci "$tag" "oci-archive:$archive.partial:$tag"
   mv -f "$archive.partial" "$archive"
   echo "archive: $archive" >&2
 fi
