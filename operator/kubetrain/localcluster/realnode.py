@@ -113,17 +113,12 @@ def _cgroup_mounts(*, unified: bool = False) -> list[Path]:
     return mounts
 
 
-def _run(*argv: str) -> None:
+def _run(*argv: str) -> str:
+    """``argv``'s output; a NodeError naming the command and its complaint if it fails."""
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise NodeError(f"{' '.join(argv)}: {result.stderr.strip() or result.stdout.strip()}")
-
-
-def _output(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise NodeError(f"{' '.join(argv)}: {result.stderr.strip()}")
-    return result.stdout or "[]"
+    return result.stdout
 
 
 def _in_netns(layout: Layout, *argv: str) -> list[str]:
@@ -357,8 +352,8 @@ class RealNode:
         off this machine. A range the host's own network uses is refused, never taken."""
         held = []
         for cidr in self.cidrs:
-            covering = json.loads(_output("ip", "-j", "route", "show", "to", "match", cidr))
-            inside = json.loads(_output("ip", "-j", "route", "show", "to", "root", cidr))
+            covering = json.loads(_run("ip", "-j", "route", "show", "to", "match", cidr) or "[]")
+            inside = json.loads(_run("ip", "-j", "route", "show", "to", "root", cidr) or "[]")
             if any(r.get("type") == "unreachable" and r["dst"] == cidr for r in inside):
                 continue  # another local real node holds it already
             taken = [r for r in covering + inside if r["dst"] != "default"]
