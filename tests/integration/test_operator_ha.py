@@ -79,6 +79,9 @@ class Replica(OperatorProcess):
         with environment(env):
             super().start()
 
+    def started(self) -> bool:
+        return "kubetrain operator started" in self.log.read_text(errors="replace")
+
     def leading(self) -> bool:
         """Whether its last word on the Lease is that it leads."""
         text = self.log.read_text(errors="replace")
@@ -161,6 +164,8 @@ def replicas(plane: ControlPlane, tmp_path: Path) -> Iterator[list[Replica]]:
     started = [Replica(plane.kubeconfig, settings, tmp_path / f"r{i}.log") for i in range(2)]
     for replica in started:
         replica.start()
+    for replica in started:  # its metrics server and elector are up once it says so
+        eventually(replica.started, what=f"{replica.log.name} started")
     try:
         yield started
     finally:
@@ -309,6 +314,8 @@ def posing(plane: ControlPlane, tmp_path: Path) -> Iterator[tuple[client.CoreV1A
     ]  # fmt: skip
     for replica in started:
         replica.start()
+    for replica in started:  # its metrics server and elector are up once it says so
+        eventually(replica.started, what=f"{replica.log.name} started")
     try:
         yield core, started
     finally:
