@@ -11,9 +11,10 @@ import pytest
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED
 from kubetrain.api.status import Phase
-from kubetrain.operator.reconcile.plan import Plan, plan
+from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
+from kubetrain.operator.reconcile.refusals import Refusal
 from kubetrain.operator.settings import Settings
-from kubetrain.operator.status import PodView
+from kubetrain.operator.status import PodView, observe_pod
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -364,3 +365,99 @@ def test_reports_are_mirrored_and_bad_ones_set_aside() -> None:
         "invalid report field step: Input should be greater than or equal to 0"
     ]
     assert bad.status.progress is not None and bad.status.progress.current_step is None
+
+
+# -- errors that end ---------------------------------------------------------------------
+
+
+def test_a_refusal_the_reconciler_met_fails_the_job_with_the_api_servers_words() -> None:
+    refused = Refusal("FailedCreatePod", 'could not create Pod j-worker-0-a1: Pod "x" is invalid')
+    p = plan(job({"phase": "Pending", "attempt": 1}), [], now=NOW, settings=SETTINGS,
+             lookups=Lookups(refusal=refused))  # fmt: skip
+    assert p.status.phase is Phase.FAILED and p.create == []
+    failed = p.status.condition("Failed")
+    assert failed is not None and failed.reason == "FailedCreatePod"
+    assert failed.message == refused.message
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "FailedCreatePod")]
+    # A new generation (a corrected spec.image, say) tries again.
+    again = decide(job(_dump(p), generation=2), [])
+    assert again.status.phase is Phase.PENDING and again.create == [0, 1]
+
+
+def _dump(p: Plan) -> dict[str, Any]:
+    return json.loads(p.status.model_dump_json(by_alias=True, exclude_none=True))
+
+
+PULL = ("ImagePullBackOff", 'container trainer: Back-off pulling image "registry.example/t:1"')
+
+
+def test_a_container_that_cannot_start_says_so_at_once_and_fails_after_the_grace() -> None:
+    pending = job({"phase": "Pending", "attempt": 1})
+    stuck = [pod(0, phase="Pending", waiting=PULL), pod(1, phase="Pending")]
+    first = decide(pending, stuck)
+    waiting = first.status.condition("ContainersWaiting")
+    assert waiting is not None and waiting.status == "True"
+    assert waiting.reason == "ImagePullBackOff"
+    assert waiting.message == f"worker 0 (j-worker-0): ImagePullBackOff: {PULL[1]}"
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "ImagePullBackOff")]
+    grace = SETTINGS.container_waiting_grace_seconds
+    assert first.requeue_after == grace and first.status.phase is Phase.PENDING
+
+    later = decide(job(_dump(first)), stuck, now=NOW + timedelta(seconds=grace - 1))
+    assert later.status.phase is Phase.PENDING and later.events == []  # no Event per pass
+    failed = decide(job(_dump(first)), stuck, now=NOW + timedelta(seconds=grace))
+    assert failed.status.phase is Phase.FAILED
+    condition = failed.status.condition("Failed")
+    assert condition is not None and condition.reason == "ImagePullBackOff"
+    assert PULL[1] in condition.message and "containerWaitingGraceSeconds" in condition.message
+    assert sorted(failed.delete) == ["j-worker-0", "j-worker-1"]
+
+
+def test_an_image_name_no_wait_can_cure_fails_at_once() -> None:
+    bad = ("InvalidImageName", 'container trainer: invalid reference format: "Bad:Name"')
+    p = decide(job({"phase": "Pending", "attempt": 1}), [pod(0, phase="Pending", waiting=bad)])
+    assert p.status.phase is Phase.FAILED
+    assert p.status.condition("Failed").reason == "InvalidImageName"  # type: ignore[union-attr]
+
+
+def test_containers_that_start_after_all_clear_the_condition() -> None:
+    first = decide(job({"phase": "Pending", "attempt": 1}), [pod(0, phase="Pending", waiting=PULL)])
+    started = decide(job(_dump(first)), [pod(0), pod(1)])
+    cleared = started.status.condition("ContainersWaiting")
+    assert cleared is not None and cleared.status == "False"
+    assert started.status.phase is Phase.RUNNING
+
+
+def test_lost_workers_restart_at_most_max_restarts_times() -> None:
+    evicted = pod(0, phase="Failed", reason="Evicted", message="The node was low on memory.")
+    within = decide(job(running(restarts=2), runPolicy={"maxRestarts": 3}), [evicted, pod(1)])
+    assert within.status.restarts == 3 and within.status.attempt == 2
+    beyond = decide(job(running(restarts=3), runPolicy={"maxRestarts": 3}), [evicted, pod(1)])
+    assert beyond.status.phase is Phase.FAILED
+    failed = beyond.status.condition("Failed")
+    assert failed is not None and failed.reason == "RestartLimitExceeded"
+    assert "spec.runPolicy.maxRestarts (3)" in failed.message
+
+
+def test_a_worker_evicted_for_filling_its_own_tmp_is_a_failure_not_a_disruption() -> None:
+    full = pod(0, phase="Failed", reason="Evicted",
+               message='Usage of EmptyDir volume "tmp" exceeds the limit "50Gi". ')  # fmt: skip
+    p = decide(job(running()), [full, pod(1)])
+    assert (p.status.failures, p.status.restarts) == (1, 0)
+    assert "was evicted: Usage of EmptyDir volume" in p.events[0].message
+
+
+def test_the_kubelets_waiting_reason_is_read_from_init_and_worker_containers() -> None:
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "hf" not found'}
+    body: dict[str, Any] = {
+        "metadata": {"name": "p", "uid": "u"},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [{"name": "init", "state": {"terminated": {"exitCode": 0}}}],
+            "containerStatuses": [{"name": "trainer", "state": {"waiting": waiting}}],
+        },
+    }
+    view = observe_pod(body)
+    assert view.waiting == (waiting["reason"], 'container trainer: secret "hf" not found')
+    body["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] = "ContainerCreating"
+    assert observe_pod(body).waiting is None  # routine: the kubelet is getting there

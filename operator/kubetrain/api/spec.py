@@ -870,8 +870,19 @@ class RunPolicy(SpecModel):
         ge=0,
         le=100,
         description=(
-            "Trainer failures tolerated before the job is Failed. Pods lost to preemption, "
-            "eviction or node failure are recreated without counting."
+            "Trainer failures tolerated before the job is Failed (a worker evicted for "
+            "filling its own /tmp is one). Pods lost to preemption, eviction or node failure "
+            "are recreated and counted against maxRestarts instead."
+        ),
+    )
+    max_restarts: int = Field(
+        default=30,
+        ge=0,
+        le=10_000,
+        description=(
+            "Restarts after lost workers (preemption, eviction, node failure) tolerated "
+            "before the job is Failed with RestartLimitExceeded; Kueue's preemptions are "
+            "not counted (the job waits in its queue instead)."
         ),
     )
     active_deadline_seconds: int | None = Field(

@@ -59,7 +59,21 @@ CONDITION_TYPE_PATTERN = (
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 SPEC_ERRORS = frozenset(
-    {"UnknownGPUType", "CheckpointNotFound", "InvalidSpec", "ConfigurationError"}
+    {
+        "UnknownGPUType",
+        "CheckpointNotFound",
+        "InvalidSpec",
+        "ConfigurationError",
+        "FailedCreatePod",  # e.g. spec.image, spec.env or a security context refused
+        "FailedApply",
+        "FailedCreateWorkload",
+        "InvalidImageName",  # spec.image
+        "ErrImageNeverPull",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "CreateContainerConfigError",  # e.g. spec.env naming a Secret that is not there
+        "CreateContainerError",
+    }
 )
 """Failure reasons that a change of spec may cure: re-evaluated at a new generation."""
 

@@ -362,7 +362,7 @@ def worker_pod(
             "name": "checkpoints",
             "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)},
         },
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
     mounts: list[JSON] = [
@@ -495,7 +495,7 @@ def fetch_pod(
     plan = FetchPlan(cache_dir=cache_dir, sources=sources)
     volumes: list[JSON] = [
         {"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
     ]
     mounts: list[JSON] = [
         {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},

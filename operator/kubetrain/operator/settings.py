@@ -135,6 +135,33 @@ class Settings(BaseModel):
             "before they count as lost and the job restarts elsewhere from its latest checkpoint."
         ),
     )
+    transient_error_limit: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description=(
+            "How many times in a row the API server may refuse a job's action for a passing "
+            "reason (429, 5xx, an exhausted ResourceQuota) before the job fails with its "
+            "answer; retries back off from 1 s (Pods: 5 s) doubling to 2 min (Pods: 5 min). "
+            "A refusal for the request's own sake (400, 403, 422) fails the job at once."
+        ),
+    )
+    container_waiting_grace_seconds: int = Field(
+        default=300,
+        ge=0,
+        description=(
+            "How long a worker's container may wait to start for a reason that needs a person "
+            "(ErrImagePull, ImagePullBackOff, CreateContainerConfigError) before the job fails; "
+            "the ContainersWaiting condition carries the kubelet's message from the start."
+        ),
+    )
+    tmp_size_limit: str = Field(
+        default="50Gi",
+        description=(
+            "Size limit of each trainer's /tmp (an emptyDir on the node's disk): a trainer "
+            "that fills it is evicted, which counts as a failure, not a disruption."
+        ),
+    )
     master_port: int = Field(default=29500, ge=1, le=65535)
     default_checkpoint_size: str = "20Gi"
     priority_classes: dict[str, str] = Field(

@@ -44,6 +44,25 @@ DISRUPTION_REASONS = frozenset(
 )
 """Pod or DisruptionTarget reasons that mean the Pod was taken away, not that training failed."""
 
+WAITING_FOR_A_PERSON = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+"""Reasons a kubelet gives for a container that has not started and will not by itself
+(an image it cannot pull, a Secret or ConfigMap that is missing): a person must act."""
+WAITING_FOR_GOOD = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+"""Of those, the ones no wait can cure: the image's name, or a pull policy that forbids it."""
+
+OWN_USE_EVICTION = ("exceeds the limit", "exceeds the total limit", "exceeded its local")
+"""Phrases of the kubelet's eviction messages for a Pod over its own storage limits (its
+emptyDir sizeLimit, its containers' ephemeral-storage limits): the trainer's doing."""
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -68,6 +87,7 @@ class PodView:
     node_lost: bool = False  # evicted because its node stopped reporting
     workers: int | None = None  # the size of the group it was started in
     stage: str = ""  # "fetch" for the fetch Pod; workers have none
+    waiting: tuple[str, str] | None = None  # (kubelet reason, message) of a stuck container
 
     @property
     def finished(self) -> bool:
@@ -78,8 +98,15 @@ class PodView:
         return self.phase == "Running" and not self.deleting
 
     @property
+    def evicted_for_own_use(self) -> bool:
+        """Evicted for storage it used beyond its own limits (a full /tmp): a failure."""
+        return self.reason == "Evicted" and any(p in self.message for p in OWN_USE_EVICTION)
+
+    @property
     def disrupted(self) -> bool:
         """Lost to preemption, eviction or node failure, or stopped resumably on SIGTERM."""
+        if self.evicted_for_own_use:
+            return False
         return (
             self.disruption is not None
             or self.reason in DISRUPTION_REASONS
@@ -130,6 +157,14 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
         if kind == "DisruptionTarget" and state == "True":
             view["disruption"] = condition.get("reason") or "Disrupted"
             view["node_lost"] = condition.get("reason") == "DeletionByTaintManager"
+    containers = (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    )
+    for container in containers:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in WAITING_FOR_A_PERSON and "waiting" not in view:
+            message = f"container {container.get('name')}: {waiting.get('message') or ''}"
+            view["waiting"] = (waiting["reason"], message.strip().rstrip(":"))
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if running := state.get("running"):

@@ -37,9 +37,11 @@ from kubetrain.api.status import (
     allocation_summary,
 )
 from kubetrain.operator.kueue import WorkloadView, digest_of, workload_name
+from kubetrain.operator.reconcile.refusals import Refusal
 from kubetrain.operator.render import Placement
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import (
+    WAITING_FOR_GOOD,
     PodView,
     estimate_remaining,
     mirror_report,
@@ -58,7 +60,7 @@ _PHASE_CONDITION = {
 }
 _PHASE_CONDITIONS = frozenset(_PHASE_CONDITION.values())
 """The conditions that follow the phase (one True at a time); the others (Published,
-PodCreationFailed) say something of their own."""
+PodCreationFailed, ContainersWaiting) say something of their own."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,12 @@ class Lookups:
     """The ClusterQueue behind ``queue``, where known."""
     position: int | None = None
     """The job's place in its LocalQueue while it waits, from Kueue's visibility API."""
+    refusal: Refusal | None = None
+    """The API server refused an action of the job for good (or too often): it fails."""
 
+
+CONTAINERS_WAITING = "ContainersWaiting"
+"""The condition of containers that wait for a person to act (see ``_stuck``)."""
 
 DATASET_CLAIM_GRACE = timedelta(seconds=10)
 """How long a job waits for its dataset claim (applied with it, a moment later) to appear."""
@@ -214,6 +221,8 @@ class _Planner:
         st, spec = self.st, self.spec
         if st.phase is Phase.COMPLETED or (st.phase is Phase.FAILED and not self._retryable()):
             return self._finished()
+        if (refusal := self.lookups.refusal) is not None:
+            return self.fail(refusal.reason, refusal.message)
 
         catalogue = self.settings.catalogue
         gpu_type = catalogue.gpu_type_for(spec)
@@ -256,6 +265,8 @@ class _Planner:
         lost = [p for p in current if p.deleting and not p.finished]
         if failed or lost:
             return self._restart(failed, lost)
+        if self._stuck(current):
+            return self.plan
         resized = [p for p in current if p.workers not in (None, workers) and not p.finished]
         if resized:
             return self._resize(resized[0].workers or 0)
@@ -556,6 +567,48 @@ class _Planner:
         self._finish_workload(succeeded=True, message=f"all workers finished{where}")
         return self.plan
 
+    def _stuck(self, current: list[PodView]) -> bool:
+        """Containers that wait for a person (an image that cannot be pulled, a missing
+        Secret): ``ContainersWaiting`` carries the kubelet's word at once, and the job fails
+        once they waited ``containerWaitingGraceSeconds`` (at once where no wait can help).
+        True when the job failed."""
+        active = [p for p in current + self.fetchers if not p.deleting and not p.finished]
+        stuck = next((p for p in active if p.waiting), None)
+        old = self.st.condition(CONTAINERS_WAITING)
+        if stuck is None or stuck.waiting is None:
+            if old is not None and old.status is ConditionStatus.TRUE:
+                self.st.conditions = self._condition(
+                    CONTAINERS_WAITING, ConditionStatus.FALSE, "ContainersStarted",
+                    "every container started",
+                )  # fmt: skip
+            return False
+        reason, detail = stuck.waiting
+        who = f"the fetch Pod {stuck.name}" if stuck.stage == "fetch" else (
+            f"worker {stuck.index} ({stuck.name})"
+        )  # fmt: skip
+        message = f"{who}: {reason}: {detail}"
+        if old is None or old.status is not ConditionStatus.TRUE:
+            self.event(reason, message, warning=True)
+        self.st.conditions = self._condition(
+            CONTAINERS_WAITING, ConditionStatus.TRUE, reason, message
+        )
+        since = self.st.condition(CONTAINERS_WAITING).last_transition_time  # type: ignore[union-attr]
+        grace = self.settings.container_waiting_grace_seconds
+        waited = (self.now - since).total_seconds() if since else 0.0
+        if reason in WAITING_FOR_GOOD:
+            self.fail(reason, message)
+            return True
+        if waited >= grace:
+            self.fail(
+                reason,
+                f"{message} (waited {waited:.0f}s; the operator's containerWaitingGraceSeconds "
+                f"is {grace})",
+            )
+            return True
+        left = grace - waited
+        self.plan.requeue_after = min(self.plan.requeue_after or left, left)
+        return False
+
     def _restart(self, failed: list[PodView], lost: list[PodView]) -> Plan:
         st, limit = self.st, self.spec.run_policy.backoff_limit
         broken = [p for p in failed if not p.disrupted]
@@ -565,9 +618,12 @@ class _Planner:
             return self.fail(reason, f"worker {permanent.index} ({permanent.name}): {message}")
         if broken:
             pod = broken[0]
-            detail = f"worker {pod.index} ({pod.name}) exited with code {pod.exit_code}"
-            if pod.message:
-                detail += f": {pod.message}"
+            if pod.evicted_for_own_use:
+                detail = f"worker {pod.index} ({pod.name}) was evicted: {pod.message}"
+            else:
+                detail = f"worker {pod.index} ({pod.name}) exited with code {pod.exit_code}"
+                if pod.message:
+                    detail += f": {pod.message}"
             st.failures += 1
             if st.failures > limit:
                 return self.fail(
@@ -585,6 +641,13 @@ class _Planner:
             pod = (failed + lost)[0]
             why = pod.disruption or pod.reason or ("deleted" if pod.deleting else "stopped")
             st.restarts += 1
+            most = self.spec.run_policy.max_restarts
+            if st.restarts > most:
+                return self.fail(
+                    "RestartLimitExceeded",
+                    f"worker {pod.index} ({pod.name}) was lost ({why}); {st.restarts} restarts "
+                    f"exceed spec.runPolicy.maxRestarts ({most})",
+                )
             self.event(
                 "WorkerLost",
                 f"worker {pod.index} ({pod.name}) was lost ({why}); "

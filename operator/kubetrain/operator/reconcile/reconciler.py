@@ -25,6 +25,7 @@ from kubetrain.operator.kube import Cluster, GoneError, StaleError
 from kubetrain.operator.metrics import JobSample
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
+from kubetrain.operator.reconcile.refusals import Refusal, RefusedError, api_message, doing
 from kubetrain.operator.render import (
     Placement,
     checkpoint_claim,
@@ -39,6 +40,9 @@ from kubetrain.operator.status import PodView, observe_pod, set_condition
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+
+CLAIM_SEEN_SECONDS = 30.0
+"""How long a dataset or cache claim seen to exist is taken to exist without asking again."""
 
 _SIGNIFICANT = (
     "phase",
@@ -143,7 +147,9 @@ class Reconciler:
         self._errors: dict[Key, int] = {}  # failed reconciles in a row (backoff)
         self._budget = TokenBucket(settings.status_writes_per_second)
         self._create_failures: dict[Key, int] = {}  # refused Pod creations in a row
-        self._claims: set[tuple[str, str]] = set()  # claims known to exist
+        self._answered: dict[Key, int] = {}  # transient refusals in a row
+        self._refusals: dict[Key, Refusal] = {}  # a refusal the next plan fails the job with
+        self._claims: dict[tuple[str, str], float] = {}  # claim -> when it was seen to exist
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
         self._kueue_reads: dict[tuple[str, ...], tuple[float, Any]] = {}  # TTL cache
@@ -161,6 +167,8 @@ class Reconciler:
         self._create_failures.pop(key, None)
         self._bad_reports.pop(key, None)
         self._errors.pop(key, None)
+        self._answered.pop(key, None)
+        self._refusals.pop(key, None)
 
     def _gone(self, key: Key) -> None:
         """The job is gone from the API server: whatever the watch says later."""
@@ -168,10 +176,10 @@ class Reconciler:
         self.forget(key)
         metrics.forget_job(key)
 
-    def _backoff(self, key: Key, first: float) -> float:
-        """Seconds before retrying a job whose reconcile failed: doubling, capped at 2 min."""
+    def _backoff(self, key: Key, first: float, cap: float = 120.0) -> float:
+        """Seconds before retrying a job whose reconcile failed: doubling, capped (2 min)."""
         failures = self._errors[key] = self._errors.get(key, 0) + 1
-        return min(120.0, first * (1 << min(failures - 1, 10)))
+        return min(cap, first * (1 << min(failures - 1, 10)))
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one job closer to its spec; returns seconds until it wants another look."""
@@ -190,12 +198,15 @@ class Reconciler:
         except StaleError:
             self._refresh(key)
             return self._backoff(key, 0.5)
+        except RefusedError as err:
+            metrics.ERRORS.labels("api").inc()
+            return self._refused(key, err)
         except ApiException as err:
             metrics.ERRORS.labels("api").inc()
             retry = self._backoff(key, 1.0)
             log.warning(
                 "reconcile %s/%s: API error %s: %s; retrying in %.1fs",
-                *key, err.status, _message(err), retry,
+                *key, err.status, api_message(err), retry,
             )  # fmt: skip
             return retry
         except (HTTPError, OSError) as err:  # e.g. a timed-out call, a dropped connection
@@ -206,8 +217,35 @@ class Reconciler:
                 *key, err, retry,
             )  # fmt: skip
             return retry
+        except Exception:  # a defect of the operator's: logged whole, backed off per job
+            metrics.ERRORS.labels("internal").inc()
+            retry = self._backoff(key, 5.0, cap=300.0)
+            log.exception("reconcile %s/%s failed; retrying in %.1fs", *key, retry)
+            return retry
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    def _refused(self, key: Key, err: RefusedError) -> float:
+        """A refused action: a permanent refusal fails the job at the next pass (the plan
+        writes it); a transient one is retried, at most ``transientErrorLimit`` times in a
+        row, then fails the job likewise."""
+        limit = self.settings.transient_error_limit
+        if err.transient:
+            tries = self._answered[key] = self._answered.get(key, 0) + 1
+            if tries < limit:
+                if err.reason == "FailedCreatePod":
+                    return self._creation_refused(key, err.describe())
+                retry = self._backoff(key, 1.0)
+                log.warning("%s/%s: %s; retrying in %.1fs", *key, err.describe(), retry)
+                return retry
+            message = f"{err.describe()} (refused {tries} times in a row)"
+        else:
+            message = err.describe()
+        self._answered.pop(key, None)
+        self._create_failures.pop(key, None)
+        log.warning("%s/%s failed: %s", *key, message)
+        self._refusals[key] = Refusal(err.reason, message)
+        return 0.0
 
     def _refresh(self, key: Key) -> None:
         """After a conflict, read the job again rather than wait for the watch to catch up.
@@ -219,7 +257,7 @@ class Reconciler:
         try:
             body = self.cluster.get_job(*key)
         except ApiException as err:
-            log.warning("re-read %s/%s: API error %s: %s", *key, err.status, _message(err))
+            log.warning("re-read %s/%s: API error %s: %s", *key, err.status, api_message(err))
             return
         if body is None:
             self._gone(key)
@@ -242,7 +280,9 @@ class Reconciler:
             for p in self.cache.pods(key)
             if controller_uid(p) == job.metadata.uid
         ]
-        lookups = replace(self._lookups(job), **self._kueue(key, job))
+        lookups = replace(
+            self._lookups(job), refusal=self._refusals.pop(key, None), **self._kueue(key, job)
+        )
         decided = plan(job, pods, now=now, settings=self.settings, lookups=lookups)
         metrics.JOB_SERIES.observe(key, job_sample(job, decided.status, self.settings))
         # Actions follow a recorded status (the attempt number above all), so a status
@@ -400,12 +440,14 @@ class Reconciler:
                     return self._creation_refused(key, _taken(kind, name))
                 if kind == "PersistentVolumeClaim" or holds(observed, desired):
                     continue  # a claim's spec is immutable: existing is enough
-            self.cache.put_child(key, self.cluster.apply(desired))
+            with doing(f"could not apply {kind} {name}", "FailedApply"):
+                self.cache.put_child(key, self.cluster.apply(desired))
         for desired in trainer_identity(key[0]):
             kind, name = desired["kind"], desired["metadata"]["name"]
             observed = self.cache.shared(key[0], kind, name)
             if observed is None or not holds(observed, desired):
-                self.cache.put_shared(self.cluster.apply(desired))
+                with doing(f"could not apply {kind} {name}", "FailedApply"):
+                    self.cache.put_shared(self.cluster.apply(desired))
         return None
 
     def _create_pods(self, key: Key, body: JSON, job: TrainingJob, decided: Plan) -> float | None:
@@ -428,12 +470,8 @@ class Reconciler:
                 fetched=decided.status.initialization,
             )
             name = pod["metadata"]["name"]
-            try:
+            with doing(f"could not create Pod {name}", "FailedCreatePod"):
                 created = self.cluster.create_pod(pod)
-            except ApiException as err:
-                if err.status not in (400, 403, 422):  # not an admission refusal: transient
-                    raise
-                return self._creation_refused(key, f"could not create Pod {name}: {_message(err)}")
             if not created and not self._owns_pod(key, job, name):
                 return self._creation_refused(key, _taken("Pod", name))
         if self._create_failures.pop(key, None) is not None:
@@ -574,7 +612,8 @@ class Reconciler:
         if action.kind == "create":
             if desired is None:
                 return None
-            stored = self.cluster.create_workload(desired)
+            with doing(f"could not create Workload {name}", "FailedCreateWorkload"):
+                stored = self.cluster.create_workload(desired)
             if stored is not None:
                 self.cache.put_child(key, dict(stored, kind="Workload"))
             return None
@@ -627,15 +666,21 @@ class Reconciler:
         )
 
     def _claim(self, namespace: str, name: str) -> bool:
-        """Whether the claim exists; a claim seen once is not asked about again."""
-        if (namespace, name) in self._claims:
+        """Whether the claim exists; one seen to exist is not asked about again for
+        ``CLAIM_SEEN_SECONDS`` (jobs starting together), then asked again: it may be gone."""
+        now = time.monotonic()
+        with self._guard:
+            seen = self._claims.get((namespace, name))
+        if seen is not None and now - seen < CLAIM_SEEN_SECONDS:
             return True
         found = self.cluster.claim_exists(namespace, name)
-        if found:
-            with self._guard:
-                if len(self._claims) > 10_000:
-                    self._claims.clear()
-                self._claims.add((namespace, name))
+        with self._guard:
+            if len(self._claims) > 10_000:
+                self._claims.clear()
+            if found:
+                self._claims[(namespace, name)] = now
+            else:
+                self._claims.pop((namespace, name), None)
         return found
 
     def _create_fetch_pod(
@@ -651,12 +696,8 @@ class Reconciler:
             cache_claim=init.claim_name if init is not None else None,
         )
         name = pod["metadata"]["name"]
-        try:
+        with doing(f"could not create Pod {name}", "FailedCreatePod"):
             created = self.cluster.create_pod(pod)
-        except ApiException as err:
-            if err.status not in (400, 403, 422):
-                raise
-            return self._creation_refused(key, f"could not create Pod {name}: {_message(err)}")
         if not created and not self._owns_pod(key, job, name):
             return self._creation_refused(key, _taken("Pod", name))
         return None
@@ -667,7 +708,15 @@ class Reconciler:
         return found is None or controller_uid(found) == job.metadata.uid
 
     def _creation_refused(self, key: Key, message: str) -> float:
+        """A worker Pod that cannot be created yet: ``PodCreationFailed`` says why, and the
+        creation is retried from 5 s doubling to 5 min, ``transientErrorLimit`` times."""
         failures = self._create_failures[key] = self._create_failures.get(key, 0) + 1
+        if failures >= self.settings.transient_error_limit:
+            self._create_failures.pop(key, None)
+            self._refusals[key] = Refusal(
+                "FailedCreatePod", f"{message} (refused {failures} times in a row)"
+            )
+            return 0.0
         retry = min(300.0, 5.0 * (1 << min(failures - 1, 6)))  # 5 s doubling to 5 min
         log.warning("%s/%s: %s; retrying in %.0fs", *key, message, retry)
         self._creation_condition(key, ConditionStatus.TRUE, "FailedCreatePod", message)
@@ -802,11 +851,3 @@ def _count_changes(old: TrainingJobStatus, new: TrainingJobStatus) -> None:
     seen = old.progress.last_update_time if old.progress else None
     if new.progress is not None and new.progress.last_update_time != seen:
         metrics.REPORTS.labels("accepted").inc()
-
-
-def _message(err: ApiException) -> str:
-    """The API server's own message from an error response."""
-    try:
-        return str(json.loads(err.body or "{}").get("message") or err.reason)
-    except ValueError:
-        return str(err.reason)
