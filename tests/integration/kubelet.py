@@ -86,6 +86,19 @@ def finish(
     )
 
 
+def waiting(core: client.CoreV1Api, namespace: str, name: str, reason: str, message: str) -> None:
+    """The container has not started, for ``reason`` (as a kubelet reports ImagePullBackOff)."""
+    eventually(
+        lambda: core.read_namespaced_pod(name, namespace).spec.node_name,
+        what=f"Pod {name} bound to a node",
+    )
+    state = {"waiting": {"reason": reason, "message": message}}
+    status = {"phase": "Pending", "containerStatuses": [
+        {"name": "trainer", "image": "trainer", "imageID": "", "ready": False,
+         "restartCount": 0, "state": state}]}  # fmt: skip
+    core.patch_namespaced_pod_status(name, namespace, {"status": status})
+
+
 def terminate(core: client.CoreV1Api, namespace: str, name: str) -> None:
     """A graceful deletion completes: the trainer checkpointed and exited, the Pod goes."""
     finish(core, namespace, name, EXIT_STOPPED, "stopped after writing a checkpoint")

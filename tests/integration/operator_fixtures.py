@@ -124,12 +124,17 @@ class FakeNodes:
                 self.core.delete_node(name)
 
 
+WAITING_GRACE_SECONDS = 6
+"""The test operator's containerWaitingGraceSeconds (the chart's default is 300)."""
+
+
 def operator_config(tmp: Path) -> Path:
     """GPU catalogue entries that place test Pods only on the fake nodes."""
     pool = {POOL_LABEL: "fake"}
     fake = {"key": FAKE_TAINT, "operator": "Exists", "effect": "NoSchedule"}
     config = {
         "terminationGracePeriodSeconds": 30,
+        "containerWaitingGraceSeconds": WAITING_GRACE_SECONDS,
         "catalogue": {
             "replaceDefaults": True,
             "defaultType": "a100",

@@ -371,7 +371,8 @@ def test_reports_are_mirrored_and_bad_ones_set_aside() -> None:
 
 
 def test_a_refusal_the_reconciler_met_fails_the_job_with_the_api_servers_words() -> None:
-    refused = Refusal("FailedCreatePod", 'could not create Pod j-worker-0-a1: Pod "x" is invalid')
+    said = 'could not create Pod j-worker-0-a1: Pod "x" is invalid'
+    refused = Refusal("FailedCreatePod", said, 1)
     p = plan(job({"phase": "Pending", "attempt": 1}), [], now=NOW, settings=SETTINGS,
              lookups=Lookups(refusal=refused))  # fmt: skip
     assert p.status.phase is Phase.FAILED and p.create == []
@@ -461,3 +462,10 @@ def test_the_kubelets_waiting_reason_is_read_from_init_and_worker_containers() -
     assert view.waiting == (waiting["reason"], 'container trainer: secret "hf" not found')
     body["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] = "ContainerCreating"
     assert observe_pod(body).waiting is None  # routine: the kubelet is getting there
+
+
+def test_a_refusal_of_an_older_spec_does_not_fail_a_newer_one() -> None:
+    refused = Refusal("FailedCreatePod", "could not create Pod j-worker-0-a1: refused", 1)
+    p = plan(job({"phase": "Pending", "attempt": 1}, generation=2), [], now=NOW,
+             settings=SETTINGS, lookups=Lookups(refusal=refused))  # fmt: skip
+    assert p.status.phase is Phase.PENDING and p.create == [0, 1]

@@ -221,7 +221,8 @@ class _Planner:
         st, spec = self.st, self.spec
         if st.phase is Phase.COMPLETED or (st.phase is Phase.FAILED and not self._retryable()):
             return self._finished()
-        if (refusal := self.lookups.refusal) is not None:
+        refusal = self.lookups.refusal
+        if refusal is not None and refusal.generation in (None, self.generation):
             return self.fail(refusal.reason, refusal.message)
 
         catalogue = self.settings.catalogue

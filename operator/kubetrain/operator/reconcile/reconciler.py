@@ -184,11 +184,13 @@ class Reconciler:
     def reconcile(self, key: Key) -> float | None:
         """Bring one job closer to its spec; returns seconds until it wants another look."""
         started = time.monotonic()
+        generation = None  # of the spec this pass acts on
         try:
             with self._lock(key):
                 body = self.cache.job(key)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return None
+                generation = body["metadata"].get("generation")
                 again = self._reconcile(body)
             self._errors.pop(key, None)
             return again
@@ -200,7 +202,7 @@ class Reconciler:
             return self._backoff(key, 0.5)
         except RefusedError as err:
             metrics.ERRORS.labels("api").inc()
-            return self._refused(key, err)
+            return self._refused(key, err, generation)
         except ApiException as err:
             metrics.ERRORS.labels("api").inc()
             retry = self._backoff(key, 1.0)
@@ -225,7 +227,7 @@ class Reconciler:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
-    def _refused(self, key: Key, err: RefusedError) -> float:
+    def _refused(self, key: Key, err: RefusedError, generation: int | None) -> float:
         """A refused action: a permanent refusal fails the job at the next pass (the plan
         writes it); a transient one is retried, at most ``transientErrorLimit`` times in a
         row, then fails the job likewise."""
@@ -234,7 +236,7 @@ class Reconciler:
             tries = self._answered[key] = self._answered.get(key, 0) + 1
             if tries < limit:
                 if err.reason == "FailedCreatePod":
-                    return self._creation_refused(key, err.describe())
+                    return self._creation_refused(key, err.describe(), generation)
                 retry = self._backoff(key, 1.0)
                 log.warning("%s/%s: %s; retrying in %.1fs", *key, err.describe(), retry)
                 return retry
@@ -244,7 +246,7 @@ class Reconciler:
         self._answered.pop(key, None)
         self._create_failures.pop(key, None)
         log.warning("%s/%s failed: %s", *key, message)
-        self._refusals[key] = Refusal(err.reason, message)
+        self._refusals[key] = Refusal(err.reason, message, generation)
         return 0.0
 
     def _refresh(self, key: Key) -> None:
@@ -437,7 +439,7 @@ class Reconciler:
             observed = self.cache.child(key, kind, name)
             if observed is not None:
                 if controller_uid(observed) != job.metadata.uid:
-                    return self._creation_refused(key, _taken(kind, name))
+                    return self._creation_refused(key, _taken(kind, name), job.metadata.generation)
                 if kind == "PersistentVolumeClaim" or holds(observed, desired):
                     continue  # a claim's spec is immutable: existing is enough
             with doing(f"could not apply {kind} {name}", "FailedApply"):
@@ -473,7 +475,7 @@ class Reconciler:
             with doing(f"could not create Pod {name}", "FailedCreatePod"):
                 created = self.cluster.create_pod(pod)
             if not created and not self._owns_pod(key, job, name):
-                return self._creation_refused(key, _taken("Pod", name))
+                return self._creation_refused(key, _taken("Pod", name), job.metadata.generation)
         if self._create_failures.pop(key, None) is not None:
             self._creation_condition(key, ConditionStatus.FALSE, "PodsCreated", "")
         return None
@@ -699,7 +701,7 @@ class Reconciler:
         with doing(f"could not create Pod {name}", "FailedCreatePod"):
             created = self.cluster.create_pod(pod)
         if not created and not self._owns_pod(key, job, name):
-            return self._creation_refused(key, _taken("Pod", name))
+            return self._creation_refused(key, _taken("Pod", name), job.metadata.generation)
         return None
 
     def _owns_pod(self, key: Key, job: TrainingJob, name: str) -> bool:
@@ -707,14 +709,14 @@ class Reconciler:
         found = next((p for p in self.cache.pods(key) if p["metadata"]["name"] == name), None)
         return found is None or controller_uid(found) == job.metadata.uid
 
-    def _creation_refused(self, key: Key, message: str) -> float:
+    def _creation_refused(self, key: Key, message: str, generation: int | None) -> float:
         """A worker Pod that cannot be created yet: ``PodCreationFailed`` says why, and the
         creation is retried from 5 s doubling to 5 min, ``transientErrorLimit`` times."""
         failures = self._create_failures[key] = self._create_failures.get(key, 0) + 1
         if failures >= self.settings.transient_error_limit:
             self._create_failures.pop(key, None)
             self._refusals[key] = Refusal(
-                "FailedCreatePod", f"{message} (refused {failures} times in a row)"
+                "FailedCreatePod", f"{message} (refused {failures} times in a row)", generation
             )
             return 0.0
         retry = min(300.0, 5.0 * (1 << min(failures - 1, 6)))  # 5 s doubling to 5 min

@@ -25,10 +25,12 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a job cannot go on: the Failed condition's reason and message."""
+    """Why a job cannot go on: the Failed condition's reason and message, for the
+    generation of the spec that was refused (a newer spec is tried afresh)."""
 
     reason: str
     message: str
+    generation: int | None = None
 
 
 class RefusedError(Exception):
