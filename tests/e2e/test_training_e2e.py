@@ -53,8 +53,26 @@ class Job:
                 raise AssertionError(f"{self.name} failed: {status.get('conditions')}")
             return status if check(status) else None
 
-        result: dict[str, Any] = wait_for(probe, f"{self.name}: {what}", TIMEOUT, self.operator)
+        try:
+            result: dict[str, Any] = wait_for(probe, f"{self.name}: {what}", TIMEOUT, self.operator)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- {self.name}'s story ---\n{self.story()}") from None
         return result
+
+    def story(self) -> str:
+        """The job's last status conditions and its Events: why it is where it is."""
+        last = self.seen[-1] if self.seen else {}
+        counts = ("phase", "attempt", "failures", "restarts")
+        lines = [", ".join(f"{k} {last.get(k)}" for k in counts)]
+        lines += [
+            f"condition {c['type']}={c['status']} {c.get('reason')}: {c.get('message')}"
+            for c in last.get("conditions") or []
+        ]
+        events = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={self.name}"
+        ).items
+        lines += [f"event {e.type} {e.reason}: {e.message}" for e in events]
+        return "\n".join(lines)
 
     def until_failed(self, reason: str) -> dict[str, Any]:
         """The Failed condition, once the job failed with ``reason``."""
