@@ -283,7 +283,8 @@ def test_two_workers_start_together_or_not_at_all(
     job.until(lambda s: s.get("phase") == "Running", "Running once the quota fits both")
     admitted = queues.condition("pair", "Admitted")
     pods = _pods(job)
-    assert sorted(p.metadata.name for p in pods) == ["pair-worker-0-a1", "pair-worker-1-a1"]
+    names = sorted(p.metadata.name for p in pods)
+    assert names == ["pair-worker-0-a1", "pair-worker-1-a1"], job.story()
     at = datetime.fromisoformat(admitted["lastTransitionTime"].replace("Z", "+00:00"))
     assert all(p.metadata.creation_timestamp >= at for p in pods), "no worker before admission"
     for pod in pods:  # the flavor's node labels, as Kueue's job framework adds them
