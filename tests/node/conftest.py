@@ -42,6 +42,10 @@ def built_images() -> dict[str, Any]:
     return images
 
 
+WAITING_GRACE_SECONDS = 40
+"""The shipped install's containerWaitingGraceSeconds (the chart's default is 300)."""
+
+
 def until(probe: Callable[[], T | None], what: str, timeout: float = 300.0) -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -143,6 +147,7 @@ def shipped(real_cluster: RealCluster) -> Release:
     operator = real_cluster.images["operator"]
     values = [
         "--set", "replicas=2",  # a leader and a standby: failover is the standby's takeover
+        "--set", f"operator.containerWaitingGraceSeconds={WAITING_GRACE_SECONDS}",
         "--set", f"image.digest={operator['digest']}",
         "--set", "trainer.llmImageDigest=" + real_cluster.images["trainer-lora"]["digest"],
         "--set", "trainer.visionImageDigest=" + real_cluster.images["trainer-vision"]["digest"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetrain.api.report import ANNOTATION
-from tests.node.conftest import RealCluster, Release
+from tests.node.conftest import WAITING_GRACE_SECONDS, RealCluster, Release, until
 from tests.node.test_shipped import Job, _example, _step
 
 
@@ -45,3 +45,40 @@ def test_a_custom_go_job_reports_stops_resumes_and_completes(
     assert "resuming from checkpoint ckpt-00000025 (step 25)" in log, log[-2000:]
     terminated = job.pod(2).status.container_statuses[0].state.terminated
     assert terminated.exit_code == 0 and terminated.message.startswith("fitted y = ")
+
+
+def test_an_image_the_kubelet_cannot_pull_shows_its_words_at_once_and_fails_the_job(
+    real_cluster: RealCluster, shipped: Release, jobs: str
+) -> None:
+    """The registry is the node's own loopback, where nothing listens: containerd's pull is
+    refused at once (no packet leaves the node's namespace), as a wrong registry or tag is."""
+    job = Job(real_cluster, jobs, "no-pull")
+    manifest: dict[str, Any] = _example("custom-job/trainingjob.yaml")
+    missing = "127.0.0.1:1/kubetrain/missing:0"
+    manifest["spec"]["image"] = missing
+    job.create(manifest)
+
+    def waiting(status: dict[str, Any]) -> dict[str, Any] | None:
+        found = [c for c in status.get("conditions") or [] if c["type"] == "ContainersWaiting"]
+        return found[0] if found and found[0]["status"] == "True" else None
+
+    status = job.until(waiting, "ContainersWaiting with the kubelet's reason")
+    said = waiting(status)
+    assert said is not None and said["reason"] in ("ErrImagePull", "ImagePullBackOff")
+    assert missing in said["message"] and "worker 0" in said["message"]
+    assert status["phase"] == "Pending"
+
+    def failed() -> dict[str, Any] | None:
+        status = job.status()
+        found = [c for c in status.get("conditions") or [] if c["type"] == "Failed"]
+        return found[0] if status.get("phase") == "Failed" and found else None
+
+    condition = until(
+        failed, "Failed after containerWaitingGraceSeconds", 120 + WAITING_GRACE_SECONDS
+    )
+    assert condition["reason"] in ("ErrImagePull", "ImagePullBackOff")
+    assert (
+        missing in condition["message"] and "containerWaitingGraceSeconds" in condition["message"]
+    )
+    events = job.core.list_namespaced_event(jobs, field_selector=f"involvedObject.name={job.name}")
+    assert any(e.type == "Warning" and missing in (e.message or "") for e in events.items)
