@@ -116,7 +116,27 @@ def test_bad_values_fail_before_anything_is_installed(tools: Tools) -> None:
         assert result.returncode != 0 and complaint in result.stderr, (setting, result.stderr)
 
 
-def test_every_rendered_object_passes_server_side_validation(tools: Tools) -> None:
+@pytest.fixture
+def without_crd(tools: Tools) -> Iterator[None]:
+    """The module's control plane without the TrainingJob CRD, before and after the test:
+    a test that installs it starts from nothing, whatever ran before it."""
+
+    def gone() -> bool:
+        found = tools.kubectl("get", "crd", "trainingjobs.kubetrain.io", check=False)
+        return found.returncode != 0
+
+    def remove() -> None:
+        tools.kubectl("delete", "crd", "trainingjobs.kubetrain.io", "--ignore-not-found")
+        eventually(gone, what="no TrainingJob CRD")
+
+    remove()
+    yield
+    remove()
+
+
+def test_every_rendered_object_passes_server_side_validation(
+    tools: Tools, without_crd: None
+) -> None:
     tools.kubectl("create", "namespace", "render-check")
     digest = "sha256:" + "0" * 64
     pinned = ["--set", f"image.digest={digest}", "--set", f"trainer.llmImageDigest={digest}"]
@@ -149,17 +169,10 @@ def test_every_rendered_object_passes_server_side_validation(tools: Tools) -> No
         rest = yaml.safe_dump_all([d for d in documents if d["kind"] != "CustomResourceDefinition"])
         check = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rest, check=False)
         assert check.returncode == 0, check.stderr
-    tools.kubectl("delete", "crd", "trainingjobs.kubetrain.io")
     tools.kubectl("delete", "namespace", "render-check", "--wait=false")
 
 
-def test_install_upgrade_uninstall(tools: Tools) -> None:
-    eventually(
-        lambda: (
-            tools.kubectl("get", "crd", "trainingjobs.kubetrain.io", check=False).returncode != 0
-        ),
-        what="the previous test's CRD to be gone",
-    )
+def test_install_upgrade_uninstall(tools: Tools, without_crd: None) -> None:
     tools.helm("install", "kubetrain", str(CHART), "-n", NS, "--create-namespace")
 
     crd = tools.get("crd", "trainingjobs.kubetrain.io")
