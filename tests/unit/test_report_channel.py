@@ -1,17 +1,28 @@
-"""The report channel's pure parts: which pushed reports are mirrored at once, whose token
-it is, and how a trainer falls back to its Pod when the channel is down."""
+"""The report channel's pure parts: which pushed reports are mirrored at once, which of a
+pushed and an annotated report is newer, whose token it is, and how a trainer falls back to
+its Pod when the channel is down."""
 
 from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from kubetrain.api.report import CHANNEL_AUDIENCE
-from kubetrain.operator.reports import Inbox, PodIdentity, TokenReviewer, _identity
+from kubetrain.operator.report_door import receive
+from kubetrain.operator.report_tokens import _identity
+from kubetrain.operator.reports import (
+    Inbox,
+    PodIdentity,
+    TokenReviewer,
+    annotation_written_at,
+    newer_pushed,
+    report_write_entries,
+)
 from kubetrain.trainer.reporter import ChannelError, ChannelSink
 
 
@@ -19,17 +30,102 @@ def text(**fields: Any) -> str:
     return json.dumps({"version": 1, "time": "2026-12-01T10:00:00Z", **fields})
 
 
+def cp(id_: str, step: int) -> dict[str, Any]:
+    return {"id": id_, "epoch": 0, "step": step, "createdAt": "2026-12-01T10:00:00Z",
+            "path": f"/checkpoints/{id_}"}  # fmt: skip
+
+
 def test_only_more_than_progress_is_significant() -> None:
     inbox = Inbox()
     assert inbox.put("uid", text(step=1, epoch=0, state="running"))  # the first one
     assert not inbox.put("uid", text(step=2, epoch=0, state="running", loss=0.5))
     assert inbox.put("uid", text(step=3, epoch=1, state="running"))  # an epoch ended
-    assert inbox.put("uid", text(step=3, epoch=1, checkpoints=[{"id": "step-3"}]))
-    assert inbox.put("uid", text(step=4, epoch=1, checkpoints=[{"id": "step-3"}], state="stopping"))
+    assert inbox.put("uid", text(step=3, epoch=1, checkpoints=[cp("step-3", 3)]))
+    assert inbox.put("uid", text(step=4, epoch=1, checkpoints=[cp("step-3", 3)], state="stopping"))
     assert inbox.put("uid", "not json")  # read at once, so the Warning comes at once
     assert inbox.get("uid") == "not json" and len(inbox) == 1
     inbox.drop("uid")
     assert inbox.get("uid") is None and len(inbox) == 0
+
+
+def test_a_new_latest_checkpoint_is_mirrored_at_once_at_most_once_an_interval() -> None:
+    now = [0.0]
+    inbox = Inbox(checkpoint_seconds=20, clock=lambda: now[0])
+    assert inbox.put("uid", text(step=10, checkpoints=[cp("a", 5), cp("b", 10)]))  # the first
+    now[0] = 30.0
+    assert inbox.put("uid", text(step=15, checkpoints=[cp("a", 5), cp("b", 10), cp("c", 15)]))
+    assert not inbox.put("uid", text(step=16, checkpoints=[cp("b", 10), cp("c", 15)]))  # pruned
+    assert not inbox.put("uid", text(step=16, checkpoints=[cp("c", 15), cp("b", 10)]))  # reordered
+    assert not inbox.put("uid", text(step=16, checkpoints=[cp("c", 15)]))
+    now[0] = 40.0  # a new one 10 s after the last mirrored: waits for the throttled write
+    assert not inbox.put("uid", text(step=20, checkpoints=[cp("c", 15), cp("d", 20)]))
+    for step in range(21, 30):  # a trainer that invents one a push
+        now[0] += 1
+        assert not inbox.put("uid", text(step=step, checkpoints=[cp(f"x{step}", step)]))
+    now[0] = 50.0
+    assert inbox.put("uid", text(step=30, checkpoints=[cp("e", 30)]))  # 20 s on: at once again
+    assert inbox.put("uid", text(step=31, checkpoints=[cp("e", 30)], state="stopping"))
+    inbox.drop("uid")
+    assert inbox.put("uid", text(step=31, checkpoints=[cp("f", 31)]))  # a new Pod's first
+
+
+def test_the_inbox_keeps_what_the_door_decoded_and_when_it_came() -> None:
+    at = datetime(2026, 12, 1, 10, 0, 5, 250_000, tzinfo=UTC)
+    pushed = receive(text(step=3, totalSteps=10).encode(), at)
+    assert pushed.report.step == 3 and pushed == text(step=3, totalSteps=10)
+    inbox = Inbox(wall=lambda: datetime(2030, 1, 1, tzinfo=UTC))
+    inbox.put("uid", pushed)
+    kept = inbox.get("uid")
+    assert kept is pushed and inbox.received_at("uid") == at
+    inbox.put("uid", text(step=4))  # not through the door: received now, by the operator's clock
+    assert inbox.received_at("uid") == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _pod(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "w", "managedFields": list(entries)}}
+
+
+def _entry(manager: str, time: str, *annotations: str, subresource: str = "") -> dict[str, Any]:
+    fields: dict[str, Any] = {"f:metadata": {"f:annotations": {f"f:{a}": {} for a in annotations},
+                                             "f:labels": {"f:app": {}}}}  # fmt: skip
+    entry = {"manager": manager, "operation": "Update", "apiVersion": "v1", "time": time,
+             "fieldsType": "FieldsV1", "fieldsV1": fields}  # fmt: skip
+    if subresource:
+        entry["subresource"] = subresource
+    return entry
+
+
+def test_the_annotations_write_time_is_the_api_servers_time_of_its_owner() -> None:
+    pod = _pod(
+        _entry("kubetrain-operator", "2026-12-01T10:00:00Z", "kubetrain.io/workers"),
+        _entry("OpenAPI-Generator", "2026-12-01T10:03:07Z", "kubetrain.io/progress"),
+        _entry("kubelet", "2026-12-01T10:09:00Z", subresource="status"),
+    )
+    assert annotation_written_at(pod) == datetime(2026, 12, 1, 10, 3, 7, tzinfo=UTC)
+    assert annotation_written_at(_pod(_entry("x", "2026-12-01T10:00:00Z", "other"))) is None
+    assert annotation_written_at({"metadata": {}}) is None
+    assert annotation_written_at(_pod({"manager": "x", "time": "garbage", "fieldsV1": {}})) is None
+    lean = {"metadata": {"managedFields": report_write_entries(pod["metadata"]["managedFields"])}}
+    assert annotation_written_at(lean) == annotation_written_at(pod)
+    assert len(lean["metadata"]["managedFields"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("received", "written", "pushed_wins"),
+    [
+        ("10:00:05.250", None, True),  # never annotated (or nothing records it)
+        ("10:00:05.250", "10:00:04", True),
+        ("10:00:05.250", "10:00:05", True),  # the same second: the channel, the first path
+        ("10:00:05.250", "10:00:06", False),  # annotated after the push (the fallback)
+    ],
+)
+def test_pushed_and_annotated_reports_are_ordered_by_clocks_the_trainer_cannot_set(
+    received: str, written: str | None, pushed_wins: bool
+) -> None:
+    def at(clock: str) -> datetime:
+        return datetime.fromisoformat(f"2026-12-01T{clock}+00:00")
+
+    assert newer_pushed(at(received), at(written) if written else None) is pushed_wins
 
 
 def _review(authenticated: bool = True, audiences: tuple[str, ...] = (CHANNEL_AUDIENCE,),
