@@ -241,8 +241,8 @@ def server_context(tls_dir: Path) -> ssl.SSLContext:
     return context
 
 
-Accept = Callable[[PodIdentity, str], int]
-"""Takes a vouched-for, decoded report (a ``Pushed``); returns the HTTP status to answer with."""
+Accept = Callable[[PodIdentity, Pushed], int]
+"""Takes a vouched-for, decoded report; returns the HTTP status to answer with."""
 Warn = Callable[[PodIdentity, str], None]
 """Told once per distinct reason a Pod's report was refused for (to post a Warning)."""
 
