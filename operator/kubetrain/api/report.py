@@ -141,6 +141,11 @@ class ProgressReport(_Model):
     gpu_memory_bytes: Count | None = None
     metrics: dict[Annotated[str, Field(max_length=63)], Real] = Field(default_factory=dict)
     checkpoints: list[ReportedCheckpoint] = Field(default_factory=list, max_length=MAX_CHECKPOINTS)
+    """Every checkpoint kept on the volume, oldest commit first."""
+    latest_checkpoint: Identifier | None = None
+    """The run's latest checkpoint: the last committed on the timeline being trained (after a
+    resume from an older checkpoint, that one or a later commit, never the abandoned
+    timeline's). Without it, the last of ``checkpoints``."""
     model: ReportedModel | None = None
     message: Annotated[str, Field(max_length=1024)] = ""
     fetch: FetchProgress | None = None

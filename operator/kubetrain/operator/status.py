@@ -248,7 +248,7 @@ def mirror_report(
     )
     update: dict[str, Any] = {"progress": progress, "metrics": metrics}
     if report.checkpoints:
-        ordered = sorted(report.checkpoints, key=lambda c: (c.step, c.created_at))
+        ordered = sorted(report.checkpoints, key=lambda c: (c.step, c.created_at))  # to show
         update["checkpoints"] = [
             Checkpoint(
                 id=c.id,
@@ -261,7 +261,7 @@ def mirror_report(
             )
             for c in ordered
         ]
-        update["latest_checkpoint"] = ordered[-1].id
+        update["latest_checkpoint"] = latest_checkpoint(report)
     if report.model is not None:
         model = report.model
         update["model"] = ModelOutput(
@@ -273,6 +273,16 @@ def mirror_report(
             digest=model.digest or None,
         )
     return status.model_copy(update=update)
+
+
+def latest_checkpoint(report: ProgressReport) -> str | None:
+    """The report's latest checkpoint, as the trainer defines it: the last committed on the
+    timeline being trained (``latestCheckpoint``), else the last listed (oldest commit first),
+    never the highest step (an abandoned timeline's after a resume from an older one)."""
+    listed = [c.id for c in report.checkpoints]
+    if report.latest_checkpoint in listed:
+        return report.latest_checkpoint
+    return listed[-1] if listed else None
 
 
 def estimate_remaining(progress: Progress) -> float | None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from kubetrain.api import TrainingJobSpec
 from kubetrain.api.report import ANNOTATION
+from kubetrain.trainer.fences import attempt_from_env
 from kubetrain.trainer.runtime import TrainerError
 
 DEFAULT_REPORT_INTERVAL = 5.0
@@ -115,6 +116,12 @@ class RuntimeEnv:
     resume_from: str = ""
     """A checkpoint id, or "" / "latest" for the newest complete checkpoint (if any)."""
     job_name: str = ""
+    job_uid: str = ""
+    """The TrainingJob's uid when the operator passes it (``KUBETRAIN_JOB_UID``): tells a job
+    created again under the same name on a kept volume from the one before."""
+    attempt: int = 0
+    """The operator's attempt number (``KUBETRAIN_ATTEMPT``, else the Pod name's ``-a<n>``);
+    0 outside a Pod. Orders the fences on the checkpoint volume."""
     pod_name: str | None = None
     pod_namespace: str | None = None
     annotation: str = ANNOTATION
@@ -158,6 +165,8 @@ class RuntimeEnv:
             else None,
             resume_from="" if resume == "latest" else resume,
             job_name=environ.get("KUBETRAIN_JOB_NAME", ""),
+            job_uid=environ.get("KUBETRAIN_JOB_UID", ""),
+            attempt=attempt_from_env(environ),
             pod_name=environ.get("POD_NAME") or None,
             pod_namespace=environ.get("POD_NAMESPACE") or None,
             annotation=environ.get("KUBETRAIN_PROGRESS_ANNOTATION") or ANNOTATION,

@@ -8,6 +8,7 @@ reported again instead of training twice, and any error is reported as the run's
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -18,11 +19,14 @@ from kubetrain.trainer import outputs
 from kubetrain.trainer.checkpoints import CheckpointInfo
 from kubetrain.trainer.config import RuntimeEnv, load_spec
 from kubetrain.trainer.driver import require_driver
+from kubetrain.trainer.fences import SupersededError
 from kubetrain.trainer.launch import launch
 from kubetrain.trainer.runtime import Outcome, TrainerError, configure_logging, run_entry
 from kubetrain.trainer.session import TrainingSession
 
 Checked = TypeVar("Checked")
+
+log = logging.getLogger(__name__)
 
 
 def main(
@@ -62,17 +66,20 @@ def run_once(
     reason: Callable[[BaseException], str] = failure_reason,
 ) -> Outcome:
     """Train once: a model already published (and no resume asked for) is reported completed
-    again; else ``train`` from the checkpoint the session resumes from (or none), and any error
+    again; else ``train`` from the checkpoint the session resumes from (or none). A newer
+    attempt on the volume stops it (resumable: not this attempt's failure); any other error
     finishes the session failed, with ``reason(error)``, before it propagates."""
     env = session.env
     done = outputs.published(env.output_dir) if not env.resume_from else None
     if done is not None:
         model, manifest = done
         message = f"already completed: {manifest.get('summary', 'model')} in {model.path}"
-        session.finish("completed", message, model)
-        return Outcome.completed(message)
+        return session.finish("completed", message, model)
     try:
         outcome = train(session.begin())
+    except SupersededError as err:
+        log.warning("%s", err)
+        return session.finish("stopping", str(err)[:1024])
     except BaseException as err:
         session.finish("failed", reason(err)[:1024])
         raise

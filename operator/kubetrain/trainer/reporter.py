@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read (seconds) for one annotation patch
+CLOSE_JOIN_TIMEOUT = 1.0
+"""After ``close``: how long the sending thread gets to end before it is left behind."""
 
 
 class Sink(Protocol):
@@ -271,6 +273,7 @@ class Reporter:
         with self._cond:
             self._abandoned = True  # a send still hanging is left to die with the process
             self._cond.notify()
+        self._thread.join(CLOSE_JOIN_TIMEOUT)  # gone at once unless a send hangs
         return delivered
 
     def _next(self) -> str | None:
@@ -311,7 +314,8 @@ class Reporter:
             self.sink.send(text)
         except Exception as err:
             self.failed += 1
-            if self.failed == 1 or self.failed % 20 == 0:
+            if not self._abandoned and (self.failed == 1 or self.failed % 20 == 0):
+                # (after close the process may be ending: a thread writes nothing then)
                 log.warning("progress report not delivered (%d so far): %s", self.failed, err)
             return False
         self.sent += 1
@@ -327,17 +331,23 @@ def sink_from_env(
     channel: Channel | None = None,
 ) -> Sink:
     """In a cluster the report channel (when the operator serves one) with the Pod
-    annotation behind it, else a report file if asked for, else the log."""
+    annotation behind it, else a report file if asked for, else the log. Without the
+    Pod's API credentials the channel goes alone."""
     if report_file is not None:
         return FileSink(report_file)
-    if pod and namespace:
-        try:
-            pod_sink = PodAnnotationSink.in_cluster(namespace, pod, annotation)
-            if channel is None:
-                return pod_sink
-            return ChannelSink(PushSink(channel), pod_sink, channel.fallback_interval)
-        except Exception as err:
-            log.warning(
-                "cannot report to Pod %s/%s, logging reports instead: %s", namespace, pod, err
-            )
-    return LogSink()
+    if not (pod and namespace):
+        return LogSink()
+    try:
+        push = PushSink(channel) if channel is not None else None
+    except Exception as err:
+        log.warning("cannot use the report channel %s: %s", channel.url if channel else "", err)
+        push = None
+    try:
+        pod_sink = PodAnnotationSink.in_cluster(namespace, pod, annotation)
+    except Exception as err:
+        instead = "the report channel only" if push is not None else "logging reports instead"
+        log.warning("cannot report to Pod %s/%s, %s: %s", namespace, pod, instead, err)
+        return push or LogSink()
+    if push is None or channel is None:
+        return pod_sink
+    return ChannelSink(push, pod_sink, channel.fallback_interval)

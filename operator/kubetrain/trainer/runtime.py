@@ -2,11 +2,14 @@
 
 The operator reads the container's exit code (0 completed, ``EXIT_STOPPED`` checkpointed
 and resumable, ``EXIT_PERMANENT`` failed for a reason no retry cures, 1 failed and worth
-another attempt) and its termination message (one line: the reason or a summary).
+another attempt) and its termination message (one line: the reason or a summary; on
+completion a ``Termination`` as JSON). A trainer process ends through ``exit_process``, so it
+exits with the code of what it did whatever a thread still waiting on the network does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -14,8 +17,10 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, permanent_message
+from kubetrain.trainer.fences import SupersededError
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -32,6 +37,7 @@ __all__ = [
     "Outcome",
     "TrainerError",
     "configure_logging",
+    "exit_process",
     "run_entry",
     "termination_log_path",
     "write_termination_message",
@@ -115,6 +121,9 @@ def run_entry(main: Callable[[], Outcome], environ: Mapping[str, str] = os.envir
     """Run a trainer's main, turn any way it ends into an exit code and a termination message."""
     try:
         outcome = main()
+    except SupersededError as err:  # a newer attempt owns the volume: not this one's failure
+        outcome = Outcome.stopped(str(err))
+        log.warning("%s", outcome.message)
     except TrainerError as err:
         outcome = Outcome.permanent(err.reason, str(err))
         log.error("%s", outcome.message)
@@ -126,3 +135,14 @@ def run_entry(main: Callable[[], Outcome], environ: Mapping[str, str] = os.envir
         outcome = Outcome.failed(f"{type(err).__name__}: {first}" if first else type(err).__name__)
     write_termination_message(outcome.message, environ)
     return outcome.code
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code`` now, its output flushed: without the interpreter's
+    shutdown, which can abort (SIGABRT, exit 134) while a thread is still blocked on the
+    network (a report to an API server that does not answer) and never waits for one."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to add
+            stream.flush()
+    os._exit(code)

@@ -2,7 +2,10 @@
 
 Framework-neutral glue between a training loop and the runtime: the LoRA trainer drives it
 from a transformers callback, a hand-written loop can call it directly. Only rank 0
-reports, commits checkpoints and writes the metrics log; every rank sees the stop flag.
+fences the volume, reports, commits checkpoints and writes the metrics log; every rank sees
+the stop flag. ``finish`` returns the run's ``Outcome``; on completion rank 0 writes its
+termination message before it tries to deliver the final report, so the operator can tell
+the run completed even when no report arrives.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from kubetrain.api.report import (
     TrainerState,
     tree_digest,
 )
+from kubetrain.api.termination import Termination, encode_termination
 from kubetrain.trainer.checkpoints import CheckpointInfo, CheckpointStore
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.reporter import Channel, ChannelSink, NullSink, Reporter, Sink, sink_from_env
+from kubetrain.trainer.runtime import EXIT_COMPLETED, Outcome, write_termination_message
 from kubetrain.trainer.signals import StopFlag
 
 if TYPE_CHECKING:
@@ -52,7 +57,12 @@ class TrainingSession:
         self.env = env
         self.spec = spec
         self.is_main = env.distributed.is_main
-        self.store = CheckpointStore(env.checkpoint_dir, spec.checkpoint.keep_last)
+        self.store = CheckpointStore(
+            env.checkpoint_dir,
+            spec.checkpoint.keep_last,
+            attempt=env.attempt,
+            job=env.job_uid or env.job_name,
+        )
         self.stop = stop or StopFlag()
         interval = env.report_interval
         if sink is None:
@@ -71,6 +81,9 @@ class TrainingSession:
                 interval = env.channel_interval
         self.reporter = Reporter(sink, interval)
         self.checkpoints: list[CheckpointInfo] = []
+        self.latest: CheckpointInfo | None = None
+        """The last checkpoint on the timeline being trained: the one resumed from, then each
+        one committed (never an abandoned timeline's, whatever its step)."""
         self.started = time.monotonic()
         self.total_epochs = spec.training.epochs
         self.total_steps = 0
@@ -88,10 +101,13 @@ class TrainingSession:
     # -- start ------------------------------------------------------------------------------
 
     def begin(self) -> CheckpointInfo | None:
-        """Install the stop signals, tidy the volume, and pick the checkpoint to resume from."""
+        """Install the stop signals, fence and tidy the volume, and pick the checkpoint to
+        resume from. ``SupersededError`` when a newer attempt has started on the volume."""
         self.stop.install()
         self.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
+            fence = self.store.fence(self.env.pod_name or "")
+            log.info("fenced %s for %s", self.env.checkpoint_dir, fence.describe())
             self.store.clear_staging()
             self._log = (self.env.checkpoint_dir / METRICS_LOG).open("a", buffering=1)
             if self.spec.training.report_to:
@@ -105,6 +121,7 @@ class TrainingSession:
                 )
         self.checkpoints = self.store.complete()
         resume = self.store.resolve(self.env.resume_from)
+        self.latest = resume
         if resume is not None:
             self.step, self.epoch, self.loss = resume.step, float(resume.epoch), resume.loss
             log.info("resuming from checkpoint %s (step %d)", resume.id, resume.step)
@@ -133,7 +150,8 @@ class TrainingSession:
     def commit_checkpoint(
         self, staged: Path, *, step: int, epoch: float, loss: float | None
     ) -> CheckpointInfo:
-        """Seal a staged checkpoint (rank 0), drop the oldest beyond keep-last, and report it."""
+        """Seal a staged checkpoint (rank 0), drop the oldest beyond keep-last, and report it;
+        ``SupersededError`` when a newer attempt has started on the volume."""
         info = self.store.commit(
             staged,
             step=step,
@@ -144,6 +162,7 @@ class TrainingSession:
         removed: set[str] = set(self.store.prune())
         self.checkpoints = [c for c in self.checkpoints if c.id not in removed and c.id != info.id]
         self.checkpoints.append(info)
+        self.latest = info
         log.info(
             "checkpoint %s written (%d bytes)%s",
             info.id,
@@ -158,14 +177,22 @@ class TrainingSession:
 
     # -- end --------------------------------------------------------------------------------
 
-    def finish(self, state: TrainerState, message: str, model: ReportedModel | None = None) -> None:
-        """Send the final report (retried for a while) and release the run's resources; on
-        completion rank 0 first publishes the model to spec.output, if the job has one."""
+    def finish(
+        self, state: TrainerState, message: str, model: ReportedModel | None = None
+    ) -> Outcome:
+        """End the run: send the final report (retried for a while, never longer) and release
+        the run's resources; returns the outcome to exit with. On completion rank 0 first
+        publishes the model to spec.output, if the job has one, and writes the termination
+        message that says so."""
+        outcome = self._outcome(state, message)
         if self.is_main:
             if state == "completed" and model is not None and self.env.output_uri:
                 model = self._upload(model)
             elif state == "completed" and model is not None and not model.digest:
                 model = _sealed(model)
+            if state == "completed":
+                outcome = Outcome(EXIT_COMPLETED, self._termination(message, model))
+                write_termination_message(outcome.message)  # first: the report may never arrive
             try:
                 report: ProgressReport | None = self.build_report(
                     state, message=message, model=model
@@ -184,6 +211,32 @@ class TrainingSession:
             self.trackers.close()
             self.trackers = None
         self.stop.restore()
+        return outcome
+
+    def _outcome(self, state: TrainerState, message: str) -> Outcome:
+        if state == "completed":
+            return Outcome.completed(message)
+        if state == "failed":
+            return Outcome.failed(message)
+        return Outcome.stopped(message)
+
+    def _termination(self, message: str, model: ReportedModel | None) -> str:
+        """The completed run's termination message (``Termination``, one line of JSON)."""
+        total = self.total_steps
+        try:
+            termination = Termination(
+                message=message[:1024],
+                step=min(self.step, total) if total else self.step,
+                total_steps=total,
+                epoch=min(current_epoch(self.epoch), self.total_epochs),
+                total_epochs=self.total_epochs,
+                model=model,
+                latest_checkpoint=self.latest.id if self.latest else None,
+            )
+            return encode_termination(termination)
+        except ValueError as err:  # an out-of-range figure: the words alone
+            log.warning("the termination message cannot be built: %s", err)
+            return message
 
     def _upload(self, model: ReportedModel) -> ReportedModel:
         """The model, published to spec.output.uri; a failure is reported, not raised (the
@@ -235,6 +288,7 @@ class TrainingSession:
             gpu_memory_bytes=self.gpu_memory_bytes,
             metrics=dict(list(metrics.items())[:32]),
             checkpoints=[c.to_report() for c in self.checkpoints[-MAX_CHECKPOINTS:]],
+            latest_checkpoint=self.latest.id if self.latest else None,
             model=model,
             message=message[:1024],
         )

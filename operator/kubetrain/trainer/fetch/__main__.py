@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,13 +16,19 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubetrain.api.fetch import ENV_PLAN, FetchPlan, FetchSource, SourceKind
-from kubetrain.api.report import EXIT_STOPPED, FetchedSource, ProgressReport, permanent_message
+from kubetrain.api.report import FetchedSource, ProgressReport, permanent_message
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.fetch import hub, objects
 from kubetrain.trainer.fetch.progress import Progress
 from kubetrain.trainer.fetch.source import Credentials, bad_uri
 from kubetrain.trainer.reporter import Channel, ChannelSink, Reporter, sink_from_env
-from kubetrain.trainer.runtime import Outcome, TrainerError, configure_logging, run_entry
+from kubetrain.trainer.runtime import (
+    Outcome,
+    TrainerError,
+    configure_logging,
+    exit_process,
+    run_entry,
+)
 from kubetrain.trainer.signals import StopFlag
 
 log = logging.getLogger("kubetrain.trainer.fetch")
@@ -125,14 +130,11 @@ def _close(reporter: Reporter, final: ProgressReport) -> None:
 
 def main() -> int:
     configure_logging()
-    code = run_entry(_main)
-    if code == EXIT_STOPPED:
-        # Exit now: the interpreter would wait for library threads still downloading
-        # (huggingface_hub's pool), past the kubelet's grace period.
-        logging.shutdown()
-        os._exit(code)
-    return code
+    return run_entry(_main)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Exit at once: the interpreter would wait for library threads still downloading
+    # (huggingface_hub's pool) past the kubelet's grace period, or abort on a thread blocked
+    # on the network.
+    exit_process(main())

@@ -6,14 +6,12 @@ with several GPUs per Pod, starts one process per GPU and waits for them.
 
 from __future__ import annotations
 
-import sys
-
 from kubetrain.api import TrainingJobSpec
 from kubetrain.trainer import entry
 from kubetrain.trainer.config import RuntimeEnv
 from kubetrain.trainer.lora.data import Records
 from kubetrain.trainer.lora.options import LoraOptions, preflight
-from kubetrain.trainer.runtime import Outcome
+from kubetrain.trainer.runtime import Outcome, exit_process
 
 MODULE = "kubetrain.trainer.lora"
 
@@ -34,4 +32,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -222,8 +222,7 @@ def fit(
         message = "stopped before training began; resumable" + (
             f" from {os.fspath(resume)}" if resume else ""
         )
-        session.finish("stopping", message)
-        return Outcome.stopped(message)
+        return session.finish("stopping", message)
 
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=os.fspath(resume) if resume else None)
@@ -233,8 +232,7 @@ def fit(
         message = (
             f"stopped at step {trainer.state.global_step} after checkpoint {latest}; resumable"
         )
-        session.finish("stopping", message)
-        return Outcome.stopped(message)
+        return session.finish("stopping", message)
 
     summary = training_summary(
         trainer,
@@ -251,8 +249,7 @@ def fit(
     )
     session.update(step=trainer.state.global_step, epoch=float(trainer.state.epoch or 0.0))
     message = f"{summary}; model in {model_ref.path}" if model_ref else summary
-    session.finish("completed", message, model_ref)
-    return Outcome.completed(message)
+    return session.finish("completed", message, model_ref)
 
 
 def training_arguments(

@@ -6,12 +6,10 @@ with several GPUs per Pod, starts one process per GPU and waits for them.
 
 from __future__ import annotations
 
-import sys
-
 from kubetrain.api import TrainingJobSpec
 from kubetrain.trainer import entry
 from kubetrain.trainer.config import RuntimeEnv
-from kubetrain.trainer.runtime import Outcome
+from kubetrain.trainer.runtime import Outcome, exit_process
 from kubetrain.trainer.vision.options import Plan, VisionOptions, preflight
 
 MODULE = "kubetrain.trainer.vision"
@@ -33,4 +31,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -94,8 +94,7 @@ def _train(
             )
         else:
             message = "stopped before training began; resumable"
-        session.finish("stopping", message)
-        return Outcome.stopped(message)
+        return session.finish("stopping", message)
     summary = _summary(loop, setup.ops.primary, elapsed, early=ending == "early")
     model_ref = None
     note = ""
@@ -118,8 +117,7 @@ def _train(
     session.update(step=progress.step, epoch=float(progress.epochs_done))
     message = summary + (f"; model in {model_ref.path}" if model_ref else "")
     message += f"; {note}" if note else ""
-    session.finish("completed", message, model_ref)
-    return Outcome.completed(message)
+    return session.finish("completed", message, model_ref)
 
 
 def _summary(loop: Loop, primary: str, elapsed: float, *, early: bool) -> str:
