@@ -113,9 +113,9 @@ def write_fence(root: Path, *, attempt: int, job: str, pod: str, sequence: int) 
     for _ in range(_CREATE_TRIES):
         fences = read_fences(root)
         newest = fences[-1] if fences else None
-        if newest is not None and newest.job == job and newest.attempt > attempt:
+        if (later := _later_attempt(fences, job, attempt)) is not None:
             raise SupersededError(
-                f"attempt {attempt} is superseded: {newest.describe()} has started on "
+                f"attempt {attempt} is superseded: {later.describe()} has started on "
                 f"{root}; this attempt stops without training or committing"
             )
         fence = Fence(
@@ -128,6 +128,17 @@ def write_fence(root: Path, *, attempt: int, job: str, pod: str, sequence: int) 
         if _create(folder / f"fence-{fence.generation:08d}.json", _encode(fence)):
             return fence
     raise OSError(f"could not write a fence in {folder} ({_CREATE_TRIES} generations taken)")
+
+
+def _later_attempt(fences: list[Fence], job: str, attempt: int) -> Fence | None:
+    """The newest fence of ``job`` when its attempt is later than ``attempt``: this attempt's
+    Pod started after a newer one's (a node that was cut off). None when ``attempt`` has a
+    fence already: only one rank 0 starts per attempt, so that was the job before it was
+    created again under the same name."""
+    own = [f for f in fences if f.job == job]
+    if not own or own[-1].attempt <= attempt or any(f.attempt == attempt for f in own):
+        return None
+    return own[-1]
 
 
 def _encode(fence: Fence) -> str:
