@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from kubetrain.api.report import EXIT_STOPPED, decode
+from kubetrain.api.termination import parse_termination
 from kubetrain.trainer.checkpoints import MANIFEST
 from tests.polling import eventually
 from tests.trainer.tiny import corpus, records, save_tiny_model, write_jsonl
@@ -252,7 +253,9 @@ def assert_completed(run: TrainerRun, model_format: str, *, loss_drop: float) ->
     assert report.model is not None and report.model.format == model_format
     assert [c.id for c in report.checkpoints] == ["ckpt-00000012", "ckpt-00000016"]
     assert report.throughput and report.throughput > 0
-    assert run.message().startswith("completed 18 steps (2.00 epochs)")
+    done = parse_termination(run.message())  # the kubelet's copy says so, report or not
+    assert done is not None and done.message.startswith("completed 18 steps (2.00 epochs)")
+    assert (done.step, done.model) == (18, report.model)
     return report.model.path
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from kubetrain.api import VisionTask
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, decode
+from kubetrain.api.termination import parse_termination
 from kubetrain.trainer.vision import catalog, models
 from kubetrain.trainer.vision.export import compare_detections
 from kubetrain.trainer.vision.loading import Loader
@@ -183,7 +184,10 @@ def test_learns_stops_resumes_and_exports(name: str, start_vision: Any, tmp_path
     assert report.throughput_unit == "images/s" and report.throughput and report.throughput > 0
     assert set(case.metrics) <= set(report.metrics)
     assert report.model is not None and report.model.format == "onnx+pytorch"
-    assert resumed.message().startswith(f"completed {2 * per_epoch} steps (2 epochs)")
+    done = parse_termination(resumed.message())
+    assert done is not None and done.message.startswith(
+        f"completed {2 * per_epoch} steps (2 epochs)"
+    )
     check_published(case, Path(report.model.path))
 
     if reference is not None:
