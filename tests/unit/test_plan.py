@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED
+from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, ReportedModel
 from kubetrain.api.status import Phase
+from kubetrain.api.termination import Termination, encode_termination
 from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
 from kubetrain.operator.reconcile.refusals import Refusal
 from kubetrain.operator.settings import Settings
@@ -469,3 +470,53 @@ def test_a_refusal_of_an_older_spec_does_not_fail_a_newer_one() -> None:
     p = plan(job({"phase": "Pending", "attempt": 1}, generation=2), [], now=NOW,
              settings=SETTINGS, lookups=Lookups(refusal=refused))  # fmt: skip
     assert p.status.phase is Phase.PENDING and p.create == [0, 1]
+
+
+def test_a_run_that_completed_but_could_not_say_so_is_completed_not_failed() -> None:
+    said = encode_termination(
+        Termination(step=232, total_steps=232, model=ReportedModel(
+            path="/checkpoints/output/adapter", format="peft-adapter", digest="sha256:" + "a" * 64))
+    )  # fmt: skip
+    one = job(running(), resources={"gpuType": "a100", "workers": 1, "gpusPerWorker": 1})
+    aborted = pod(0, phase="Failed", exit_code=134, message=said)
+    p = decide(one, [aborted])
+    assert p.status.phase is Phase.COMPLETED and p.status.failures == 0
+    assert p.status.model is not None and p.status.model.path == "/checkpoints/output/adapter"
+    assert p.status.model.digest == "sha256:" + "a" * 64
+    assert "CompletedWithoutReport" in reasons(p)
+
+    # Anything else in the message is a failure, as before: a trainer's text is not a claim.
+    for message in ("Traceback ...", said.replace("completed", "finished"), "{}"):
+        failed = decide(one, [pod(0, phase="Failed", exit_code=134, message=message)])
+        assert failed.status.failures == 1 and failed.status.phase is Phase.PENDING
+
+
+def _report(step: int, checkpoints: list[str]) -> str:
+    return json.dumps({
+        "version": 1, "time": "2026-11-22T11:59:58Z", "epoch": 1, "totalEpochs": 2,
+        "step": step, "totalSteps": 120,
+        "checkpoints": [{"id": c, "epoch": 1, "step": int(c[1:]),
+                         "createdAt": "2026-11-22T11:59:00Z", "path": f"/checkpoints/{c}"}
+                        for c in checkpoints],
+    })  # fmt: skip
+
+
+def test_a_report_older_than_status_never_takes_it_back() -> None:
+    # Status mirrors attempt 2 at step 50 (pushed reports); after an operator restart only
+    # the Pod's annotation is left, holding step 30 of the same attempt.
+    shown = decide(job(running(attempt=2)), [pod(0, 2, report=_report(50, ["s40", "s50"])),
+                                             pod(1, 2)])  # fmt: skip
+    assert shown.status.progress is not None and shown.status.progress.attempt == 2
+    again = decide(job(_dump(shown)), [pod(0, 2, report=_report(30, ["s30"])), pod(1, 2)])
+    assert again.status.progress is not None and again.status.progress.current_step == 50
+    assert [c.id for c in again.status.checkpoints] == ["s40", "s50"]
+    assert again.status.latest_checkpoint == "s50"
+    # A report of an earlier attempt (its Pod still stopping) neither.
+    stopping = pod(0, 1, phase="Running", deleting=True, report=_report(90, ["s90"]))
+    old = decide(job(_dump(shown)), [stopping, pod(0, 2), pod(1, 2)])
+    assert old.status.progress is not None and old.status.progress.current_step == 50
+    # A later attempt starts again from its checkpoint: its lower step is news, not old.
+    resumed = decide(job(_dump(shown) | {"attempt": 3}),
+                     [pod(0, 3, report=_report(41, ["s40"])), pod(1, 3)])  # fmt: skip
+    assert resumed.status.progress is not None
+    assert (resumed.status.progress.current_step, resumed.status.progress.attempt) == (41, 3)

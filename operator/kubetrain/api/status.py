@@ -130,6 +130,14 @@ class Progress(StatusModel):
     last_update_time: datetime | None = Field(
         default=None, description="When the trainer last reported progress."
     )
+    attempt: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The attempt whose report this is: within an attempt, progress never goes back "
+            "(an older report, e.g. read back after an operator restart, is not applied)."
+        ),
+    )
 
 
 class Metrics(StatusModel):

@@ -28,6 +28,7 @@ from kubetrain.api.status import (
     EstimatedCost,
     FetchedSource,
     Initialization,
+    ModelOutput,
     Phase,
     Progress,
     QueueStatus,
@@ -36,6 +37,7 @@ from kubetrain.api.status import (
     TrainingJobStatus,
     allocation_summary,
 )
+from kubetrain.api.termination import Termination, parse_termination
 from kubetrain.operator.kueue import WorkloadView, digest_of, workload_name
 from kubetrain.operator.reconcile.refusals import Refusal
 from kubetrain.operator.render import Placement
@@ -243,8 +245,9 @@ class _Planner:
         self.plan.delete += [p.name for p in stale if not p.deleting]
 
         workers = spec.resources.workers
-        if st.attempt and len(current) == workers and all(p.phase == "Succeeded" for p in current):
-            return self._complete()
+        ended = {p.name: _completed(p) for p in current}
+        if st.attempt and len(current) == workers and all(ended.values()):
+            return self._complete([t for t in ended.values() if isinstance(t, Termination)])
 
         if hold := self._hold():
             return self._stop(*hold)
@@ -262,7 +265,7 @@ class _Planner:
                 f"spec.runPolicy.activeDeadlineSeconds ({deadline}s)",
             )
 
-        failed = [p for p in current if p.phase == "Failed"]
+        failed = [p for p in current if p.phase == "Failed" and not ended[p.name]]
         lost = [p for p in current if p.deleting and not p.finished]
         if failed or lost:
             return self._restart(failed, lost)
@@ -499,11 +502,24 @@ class _Planner:
             except ReportError as err:
                 self.plan.bad_reports.append((pod, str(err)))
                 continue
-            if report is not None:
+            if report is not None and not self._behind(pod, report):
                 claim = checkpoint_claim_name(self.job)
                 self.plan.status = self.st = mirror_report(self.st, report, claim)
+                if self.st.progress is not None:
+                    self.st.progress.attempt = pod.attempt
                 if report.model is not None and self.spec.output is not None:
                     self._published(report.model.uri, report.model.upload_error)
+
+    def _behind(self, pod: PodView, report: ProgressReport) -> bool:
+        """Whether ``report`` is older than what status shows: from an earlier attempt than
+        the one status mirrors, or from the same attempt at an earlier step (e.g. the Pod's
+        annotation read back after an operator restart, behind the pushed reports)."""
+        shown = self.st.progress
+        if shown is None or shown.attempt is None:
+            return False
+        if pod.attempt != shown.attempt:
+            return pod.attempt < shown.attempt
+        return report.step < (shown.current_step or 0)
 
     def _published(self, uri: str, error: str) -> None:
         """The Published condition (and an Event when it changes) from rank 0's last word."""
@@ -554,8 +570,25 @@ class _Planner:
                 queue.message = f"quota released: {message}"
         return self.plan
 
-    def _complete(self) -> Plan:
+    def _complete(self, said: list[Termination]) -> Plan:
+        """Every worker finished its run: by exit code 0, or by its termination message when
+        its exit code was lost to the end of the process (a final report it could not
+        deliver, a thread the interpreter aborted on)."""
         st = self.st
+        told = next((t for t in said if t.model is not None), None)
+        if told is not None and told.model is not None and (st.model is None or not st.model.path):
+            model = told.model
+            st.model = ModelOutput(
+                claim_name=checkpoint_claim_name(self.job), path=model.path,
+                format=model.format or None, uri=model.uri or None,
+                size_bytes=model.size_bytes or None, digest=model.digest or None,
+            )  # fmt: skip
+        if said:
+            self.event(
+                "CompletedWithoutReport",
+                f"the trainer said it completed (step {said[0].step}) in its termination "
+                "message; its final progress report never arrived",
+            )
         st.completion_time = self.now
         st.estimated_completion_time = None
         if st.progress is not None:
@@ -855,6 +888,16 @@ class _Planner:
         if hourly is not None:
             total = hourly * ((st.progress.elapsed_seconds or 0.0) + remaining) / 3600
             st.estimated_cost = EstimatedCost(hourly_usd=hourly, total_usd=round(total, 4))
+
+
+def _completed(pod: PodView) -> Termination | bool:
+    """Whether the worker ran to the end: exit code 0, or a failed exit after a termination
+    message that says it completed (then the message)."""
+    if pod.phase == "Succeeded":
+        return True
+    if pod.phase == "Failed" and pod.message:
+        return parse_termination(pod.message) or False
+    return False
 
 
 def _run_span(
