@@ -277,12 +277,17 @@ def _env(
     settings: Settings,
     *,
     fetched: dict[str, str],
+    attempt: int,
 ) -> list[JSON]:
     spec, name = job.spec, _name(job)
     port, report_interval = settings.master_port, settings.report_interval_seconds
     workers, per_node = spec.resources.workers, max(placement.gpus_per_worker, 1)
     env: list[JSON] = [
         {"name": "KUBETRAIN_JOB_NAME", "value": name},
+        # The attempt and the job's uid fence the checkpoints: a Pod of a superseded attempt,
+        # or of an earlier job of the same name on a kept volume, never commits one that counts.
+        {"name": "KUBETRAIN_JOB_UID", "value": job.metadata.uid or ""},
+        {"name": "KUBETRAIN_ATTEMPT", "value": str(attempt)},
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
         {"name": "KUBETRAIN_CONFIG", "value": trainer_config(spec)},
@@ -399,7 +404,7 @@ def worker_pod(
         "image": image,
         "imagePullPolicy": settings.images.pull_policy,
         "command": command,
-        "env": _env(job, index, resume_from, placement, settings, fetched=paths),
+        "env": _env(job, index, resume_from, placement, settings, fetched=paths, attempt=attempt),
         "resources": _resources(placement),
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
