@@ -733,8 +733,10 @@ def test_reports_pushed_on_the_channel_reach_status_without_any_pod_write(
         kubelet.push(url, ca, _file(tmp_path, "bystander", bystander), step=5, totalSteps=10)
     assert jobs.status("pushed")["progress"]["currentStep"] == 4
 
-    # A bad report on the channel gets the same Warning as on the annotation.
-    kubelet.push(url, ca, token, step=11, totalSteps=10)
+    # A bad report on the channel is refused with its reason, and gets the same Warning as
+    # on the annotation.
+    with pytest.raises(ChannelError, match="answered 400 step 11 is past totalSteps 10"):
+        kubelet.push(url, ca, token, step=11, totalSteps=10)
     event = jobs.event("InvalidProgressReport")[0]
     assert "step 11 is past totalSteps 10" in event.message
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from kubetrain.operator.render import (
     trainer_identity,
     worker_pod,
 )
-from kubetrain.operator.reports import Inbox
+from kubetrain.operator.reports import Inbox, annotation_written_at, newer_pushed
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import PodView, observe_pod, set_condition
 
@@ -103,15 +102,6 @@ def _clock_only(status: JSON) -> JSON:
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-def _report_time(text: str) -> datetime:
-    """When the trainer made the report; the distant past when that is unreadable."""
-    try:
-        at = datetime.fromisoformat(json.loads(text)["time"])
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return _NEVER
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -278,7 +268,7 @@ class Reconciler:
         # Children are this job's by controller owner: a Pod left by an earlier job of the
         # same name (being garbage-collected) is never counted or adopted.
         pods = [
-            self._with_pushed(observe_pod(p))
+            self._with_pushed(observe_pod(p), annotation_written_at(p))
             for p in self.cache.pods(key)
             if controller_uid(p) == job.metadata.uid
         ]
@@ -324,12 +314,14 @@ class Reconciler:
             return None
         return self._next_look(decided, wait, running=any(p.phase == "Running" for p in pods))
 
-    def _with_pushed(self, pod: PodView) -> PodView:
-        """The Pod with the newer of its pushed and its annotated report."""
-        pushed = self.inbox.get(pod.uid)
-        if pushed is None or pushed == pod.report:
+    def _with_pushed(self, pod: PodView, annotated_at: datetime | None) -> PodView:
+        """The Pod with the newer of its pushed and its annotated report, by when the
+        operator received the push and the API server the annotation (never by the
+        trainer's clock)."""
+        pushed, received_at = self.inbox.get(pod.uid), self.inbox.received_at(pod.uid)
+        if pushed is None or received_at is None or pushed == pod.report:
             return pod
-        if pod.report and _report_time(pod.report) > _report_time(pushed):
+        if pod.report and not newer_pushed(received_at, annotated_at):
             return pod  # e.g. written by the fallback while this replica was away
         return replace(pod, report=pushed)
 
