@@ -114,6 +114,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
             on_lost=lost,
         )
         controller.active = elector.leading
+        cluster.fence = elector.leading.is_set  # no write leaves a replica that does not lead
         memo["elector"] = elector
         elector.start()
     controller.watch_children(api, NamespaceFilter(memo.get("namespaces") or ()))
@@ -233,3 +234,15 @@ def queued(memo: kopf.Memo, **_: Any) -> int:
     """Jobs waiting for a reconcile, shown on the liveness endpoint."""
     controller: Controller | None = memo.get("controller")
     return len(controller.queue) if controller else 0
+
+
+@kopf.on.probe(id="leaderElection")
+def leader_election(memo: kopf.Memo, **_: Any) -> str | None:
+    """Whether this replica leads; an elector that ended by itself fails the liveness probe
+    (kopf answers 500), so the kubelet restarts a replica that could never lead again."""
+    elector: LeaderElector | None = memo.get("elector")
+    if elector is None:
+        return None  # standalone, or not started yet
+    if not elector.alive():
+        raise kopf.PermanentError(f"leader election has ended: {elector.error!r}")
+    return "leading" if elector.leading.is_set() else "standing by"

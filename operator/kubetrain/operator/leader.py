@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 RELEASE_TIMEOUT = (1.0, 2.0)
 """Seconds to connect and to answer for the release on shutdown: it must fit the grace."""
 
+UNEXPECTED_LIMIT = 5
+"""Rounds in a row that may fail with an error of the operator's own (not the API server's)
+before the elector gives up: retried with a doubling backoff up to the lease duration, then
+the thread ends, the replica stops acting and its liveness probe fails."""
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -40,25 +45,41 @@ class Leadership:
 
     def __init__(self, renew_deadline: float, clock: Callable[[], float]) -> None:
         self.renew_deadline, self._clock = renew_deadline, clock
-        self._held = threading.Event()
+        self._changed = threading.Condition()
+        self._held = False
         self._renewed_at = float("-inf")
 
     def renewed(self) -> None:
-        self._renewed_at = self._clock()
-        self._held.set()
+        with self._changed:
+            self._renewed_at = self._clock()
+            self._held = True
+            self._changed.notify_all()
 
     def lost(self) -> None:
-        self._held.clear()
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
 
     def held(self) -> bool:
         """The Lease is ours as far as the last renewal knows (stale or not)."""
-        return self._held.is_set()
+        return self._held
 
     def is_set(self) -> bool:
-        return self._held.is_set() and self._clock() - self._renewed_at < self.renew_deadline
+        return self._held and self._clock() - self._renewed_at < self.renew_deadline
 
     def wait(self, timeout: float) -> bool:
-        return self._held.wait(timeout) and self.is_set()
+        """Block until this replica may act, for at most ``timeout`` seconds; whether it may.
+
+        Held but stale is not current: only a renewal makes it so, and a renewal wakes the
+        waiters, so a stale Lease blocks the workers instead of letting them spin."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
 
 
 class LeaderElector:
@@ -92,6 +113,7 @@ class LeaderElector:
         self._written: tuple[str, dict[str, Any]] | None = None  # our last write: version, spec
         self._lock = threading.Lock()  # a renewal and the release never interleave
         self._stop = threading.Event()
+        self.error: BaseException | None = None  # what ended the thread, when it ended itself
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
 
     def start(self) -> None:
@@ -113,34 +135,84 @@ class LeaderElector:
                 self._release()
                 self._written = None
 
+    def alive(self) -> bool:
+        """Still electing (or stopped on purpose): False once the thread has ended by
+        itself, which the liveness probe reports so that the container is restarted."""
+        return self._stop.is_set() or self._thread.is_alive()
+
     def _run(self) -> None:
-        while True:
-            with self._lock:
-                if self._stop.is_set():
-                    return
+        unexpected = 0  # rounds in a row that failed with an error of our own
+        try:
+            while not self._stop.is_set():
+                wait = self.retry_period
                 try:
-                    held = self._try()
-                except ApiException as err:
-                    log.warning("leader election: %s %s", err.status, err.reason)
-                    held = False
-                except (HTTPError, OSError) as err:
-                    log.warning("leader election: no answer from the API server: %s", err)
-                    held = False
-                elected = held and not self.leading.held()
-                if held:
-                    self.leading.renewed()
+                    self._round()
+                    unexpected = 0
+                except Exception as err:
+                    unexpected += 1
+                    if unexpected >= UNEXPECTED_LIMIT:
+                        self.error = err
+                        log.exception("leader election failed %d times in a row: it ends, and "
+                                      "the liveness probe fails", unexpected)  # fmt: skip
+                        return
+                    wait = min(self.retry_period * 2**unexpected, float(self.lease_seconds))
+                    log.exception("leader election failed unexpectedly (%d in a row); trying "
+                                  "again in %.1fs", unexpected, wait)  # fmt: skip
+                    self._lapse()
+                self._stop.wait(wait)
+        finally:
+            if not self._stop.is_set():  # ended by itself: act no more, hand the Lease over
+                self._abandon()
+
+    def _round(self) -> None:
+        """One look at the Lease: take or renew it, or stand by."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            try:
+                held = self._try()
+            except ApiException as err:
+                log.warning("leader election: %s %s", err.status, err.reason)
+                held = False
+            except (HTTPError, OSError) as err:
+                log.warning("leader election: no answer from the API server: %s", err)
+                held = False
+            elected = held and not self.leading.held()
             if held:
-                if elected:
-                    log.info(
-                        "became the leader (%s/%s) as %s", self.namespace, self.name, self.identity
-                    )
-                    self.on_elected()
-            elif self.leading.held() and not self.leading.is_set():
-                # One failed renewal is not the end: only the renew deadline is.
-                log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
-                self.leading.lost()
+                self.leading.renewed()
+        if not held:
+            self._lapse()
+        elif elected:
+            log.info("became the leader (%s/%s) as %s", self.namespace, self.name, self.identity)
+            try:
+                self.on_elected()
+            except Exception:
+                self.leading.lost()  # elected again at the next renewal, which retries it
+                raise
+
+    def _lapse(self) -> None:
+        """One failed renewal is not the end: only the renew deadline is."""
+        if self.leading.held() and not self.leading.is_set():
+            log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
+            self.leading.lost()
+            try:
                 self.on_lost()
-            self._stop.wait(self.retry_period)
+            except Exception:  # standing by is done; what on_lost does is best effort
+                log.exception("after losing the lease %s/%s", self.namespace, self.name)
+
+    def _abandon(self) -> None:
+        """The thread ends by itself: stop acting and release the Lease, best effort."""
+        was_leading = self.leading.held()
+        self.leading.lost()
+        try:
+            with self._lock:
+                if self._written is not None:
+                    self._release()
+                    self._written = None
+            if was_leading:
+                self.on_lost()
+        except Exception:
+            log.exception("could not stand down cleanly")
 
     def _try(self) -> bool:
         """Create, renew or take over the Lease; True when we hold it now."""
