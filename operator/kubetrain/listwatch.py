@@ -63,12 +63,21 @@ def object_key(obj: JSON) -> tuple[str, str]:
     return (meta.get("namespace", ""), meta.get("name", ""))
 
 
+def whole(obj: JSON) -> JSON:
+    return obj
+
+
 class ListWatch:
     """Keeps one collection flowing into ``handle``, from a daemon thread of its own.
 
     ``listed`` is called after each listing has been handed on; ``synced`` is set after the
     first. ``fatal`` tells errors that end the loop (kept in ``error``) from those retried;
     every other error is retried, those outside ``retried`` logged with their traceback.
+
+    To tell what vanished between two listings, the loop remembers each object it handed
+    on, as ``remember`` projects it (by default whole): a caller that keeps its own cache
+    needs no more of it than what it must be told of a deletion. Such a DELETED carries
+    the resourceVersion of the listing that no longer had the object.
     """
 
     def __init__(
@@ -82,8 +91,9 @@ class ListWatch:
         retried: tuple[type[BaseException], ...] = (Exception,),
         max_backoff: float = 30.0,
         relist_seconds: float | None = None,
+        remember: Callable[[JSON], JSON] = whole,
     ) -> None:
-        self.source, self.handle, self.name = source, handle, name
+        self.source, self.handle, self.name, self.remember = source, handle, name, remember
         self.listed, self.fatal, self.retried = listed, fatal, retried
         self.max_backoff, self.relist_seconds = max_backoff, relist_seconds
         self.synced = threading.Event()
@@ -150,18 +160,20 @@ class ListWatch:
     def _list(self) -> str:
         """List afresh; what vanished since the last list is handed on as DELETED."""
         listing = self.source.list()
+        version = str(listing["metadata"]["resourceVersion"])
         items = listing.get("items") or []
         seen = {object_key(i) for i in items}
         for key, obj in list(self._known.items()):
             if key not in seen:
                 del self._known[key]
-                self.handle("DELETED", obj, True)
+                meta = dict(obj.get("metadata") or {}, resourceVersion=version)
+                self.handle("DELETED", dict(obj, metadata=meta), True)
         for item in items:
-            self._known[object_key(item)] = item
+            self._known[object_key(item)] = self.remember(item)
             self.handle("ADDED", item, True)
         self.synced.set()
         self.listed()
-        return str(listing["metadata"]["resourceVersion"])
+        return version
 
     def _follow(self, version: str, seconds: int) -> str:
         """Hand on one watch request's events; the resourceVersion to go on from."""
@@ -183,7 +195,7 @@ class ListWatch:
                 if kind == "DELETED":
                     self._known.pop(object_key(obj), None)
                 else:
-                    self._known[object_key(obj)] = obj
+                    self._known[object_key(obj)] = self.remember(obj)
                 self.handle(kind, obj, False)
         finally:
             self._stream = None

@@ -13,9 +13,9 @@ from kubernetes import client
 
 from kubetrain.api.children import LABEL_JOB, MANAGED_BY
 from kubetrain.operator import metrics
-from kubetrain.operator.kube import Cluster
+from kubetrain.operator.kube import Cluster, NotLeadingError
 from kubetrain.operator.kueue import KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
-from kubetrain.operator.reconcile.cache import Cache, Key
+from kubetrain.operator.reconcile.cache import Cache, Key, resource_version
 from kubetrain.operator.reconcile.queue import WorkQueue
 from kubetrain.operator.reconcile.reconciler import Reconciler
 from kubetrain.operator.render import LABEL_TRAINER_IDENTITY
@@ -100,13 +100,17 @@ class Controller:
         meta = body.get("metadata") or {}
         key: Key = (meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":
-            self.cache.drop_job(key)
-            self.reconciler.forget(key)
-            self.queue.forget(key)
-            metrics.forget_job(key)
+            self.cache.drop_job(key, resource_version(body))
+            self._forget(key)
             return
         self.cache.put_job(body)
         self.queue.add(key)
+
+    def _forget(self, key: Key) -> None:
+        """Nothing of a deleted job stays: its per-job memory, looks and series."""
+        self.reconciler.forget(key)
+        self.queue.forget(key)
+        metrics.forget_job(key)
 
     def child_event(self, event: Mapping[str, Any], kind: str) -> None:
         """A worker Pod, checkpoint claim, headless Service or Workload of a job changed."""
@@ -119,12 +123,12 @@ class Controller:
         name, deleted = meta.get("name", ""), event.get("type") == "DELETED"
         if kind == "Pod":
             if deleted:
-                self.cache.drop_pod(key, name)
+                self.cache.drop_pod(key, name, resource_version(body))
                 self.inbox.drop(meta.get("uid", ""))
             else:
                 self.cache.put_pod(key, body)
         elif deleted:
-            self.cache.drop_child(key, kind, name)
+            self.cache.drop_child(key, kind, name, resource_version(body))
         else:
             self.cache.put_child(key, dict(body, kind=kind))
         self.queue.add(key)
@@ -136,7 +140,7 @@ class Controller:
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         if event.get("type") == "DELETED":
-            self.cache.drop_shared(namespace, kind, name)
+            self.cache.drop_shared(namespace, kind, name, resource_version(body))
         else:
             self.cache.put_shared(dict(body, kind=kind))
         for job in self.cache.jobs():
@@ -180,16 +184,28 @@ class Controller:
                 self.queue.done(key)
                 self.queue.add(key)
                 continue
-            try:
-                again = self.reconciler.reconcile(key)
-            except Exception:
-                log.exception("reconcile %s/%s failed", *key)
-                metrics.ERRORS.labels("unexpected").inc()
-                again = 10.0
-            finally:
-                self.queue.done(key)
+            again = self._pass(key)
+            if self.cache.job(key) is None:  # deleted (or never known): keep nothing of it
+                self._forget(key)
+                # A job created again under that name meanwhile lost its look to _forget.
+                again = None if self.cache.job(key) is None else 0.0
+            self.queue.done(key)
             if again is not None:
                 self.queue.add(key, again)
+
+    def _pass(self, key: Key) -> float | None:
+        """One reconcile of ``key``; seconds until it wants another look, or None."""
+        try:
+            return self.reconciler.reconcile(key)
+        except NotLeadingError as err:
+            # Leadership lapsed mid-pass and a write was refused: not an error. The job
+            # waits in the queue for the leader's next pass, here or on another replica.
+            log.info("%s/%s: pass stopped: %s", *key, err)
+            return 0.0
+        except Exception:
+            log.exception("reconcile %s/%s failed", *key)
+            metrics.ERRORS.labels("unexpected").inc()
+            return 10.0
 
 
 def _by_kind(handle: Any, kind: str, event: Mapping[str, Any]) -> None:

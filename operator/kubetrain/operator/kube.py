@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -48,24 +49,44 @@ class GoneError(Exception):
     """The object no longer exists."""
 
 
-class Cluster:
-    """Typed access to exactly the objects the operator manages."""
+class NotLeadingError(Exception):
+    """A write refused before it was sent: this replica is not the leader within its renew
+    deadline. Not the job's error: the pass ends where it is, and the leader (this replica
+    once it renews, or another) takes the job up from the cluster's state."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+
+class Cluster:
+    """Typed access to exactly the objects the operator manages.
+
+    ``fence`` says whether this replica may write now (the leader's ``Leadership.is_set``);
+    every write about jobs and their children asks it first and raises ``NotLeadingError``
+    when it may not. None, as standalone, writes always."""
+
+    def __init__(
+        self, api_client: client.ApiClient, fence: Callable[[], bool] | None = None
+    ) -> None:
         self.core = client.CoreV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.fence = fence
 
     @staticmethod
     def _count(verb: str) -> None:
         metrics.API_REQUESTS.labels(verb).inc()
+
+    def _write(self, verb: str, what: str) -> None:
+        """Count a write about to be sent, once the fence lets it through."""
+        if self.fence is not None and not self.fence():
+            raise NotLeadingError(f"not the leader: {verb} {what} not sent")
+        self._count(verb)
 
     def create_pod(self, manifest: JSON) -> bool:
         """Create a worker Pod; False when one of that name exists (creation is idempotent).
 
         The other children are server-side applied (``apply``); a Pod is only ever created.
         """
-        self._count("create")
+        meta = manifest["metadata"]
+        self._write("create", f"Pod {meta['namespace']}/{meta['name']}")
         try:
             # The response is not needed: skip deserialising it into client models.
             _discard(
@@ -96,7 +117,7 @@ class Cluster:
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }[kind]
-        self._count("apply")
+        self._write("apply", f"{kind} {meta['namespace']}/{meta['name']}")
         response = patch(
             meta["name"],
             meta["namespace"],
@@ -127,7 +148,7 @@ class Cluster:
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a Pod gracefully (its own grace period); a missing Pod is fine."""
-        self._count("delete")
+        self._write("delete", f"Pod {namespace}/{name}")
         try:
             _discard(
                 self.core.delete_namespaced_pod(
@@ -157,7 +178,8 @@ class Cluster:
         self, label: str, value: str | None, timeout: tuple[float, float] = TIMEOUT
     ) -> None:
         """Set (or remove, ``value`` None) a label on this replica's own Pod ($POD_NAME in
-        $POD_NAMESPACE); nothing outside a Pod. Best effort: a failure is logged."""
+        $POD_NAMESPACE); nothing outside a Pod. Best effort: a failure is logged. Not fenced:
+        a replica that loses the Lease must still take the label off its own Pod."""
         name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not name or not namespace:
             return
@@ -192,7 +214,7 @@ class Cluster:
             for pod in pods:
                 if pod.metadata.name == name:
                     continue
-                self._count("patch")
+                self._write("patch", f"Pod {namespace}/{pod.metadata.name}")
                 _discard(
                     self.core.patch_namespaced_pod(
                         pod.metadata.name,
@@ -203,7 +225,7 @@ class Cluster:
                     )
                 )
                 done.append(pod.metadata.name)
-        except (ApiException, HTTPError, OSError) as err:
+        except (ApiException, HTTPError, OSError, NotLeadingError) as err:
             log.warning("cannot clear %s from the other replicas' Pods: %s", label, err)
         return done
 
@@ -219,7 +241,7 @@ class Cluster:
         object no longer exists."""
         meta = body["metadata"]
         where = f"{meta['namespace']}/{meta['name']}"
-        self._count("update")
+        self._write("update", f"{plural} {where} status")
         try:
             return cast(
                 JSON,
@@ -251,7 +273,7 @@ class Cluster:
             raise
 
     def delete_job(self, namespace: str, name: str) -> None:
-        self._count("delete")
+        self._write("delete", f"{PLURAL} {namespace}/{name}")
         try:
             self.custom.delete_namespaced_custom_object(
                 GROUP,
@@ -293,7 +315,7 @@ class Cluster:
             "lastTimestamp": now.isoformat(),
             "count": 1,
         }
-        self._count("create")
+        self._write("create", f"Event {reason} on {meta['namespace']}/{meta['name']}")
         try:
             response: Any = self.core.create_namespaced_event(
                 meta["namespace"],
@@ -326,7 +348,7 @@ class Cluster:
     def create_workload(self, manifest: JSON) -> JSON | None:
         """Create a job's Workload; None when one of that name exists already."""
         meta = manifest["metadata"]
-        self._count("create")
+        self._write("create", f"Workload {meta['namespace']}/{meta['name']}")
         try:
             return cast(
                 JSON,
@@ -346,7 +368,7 @@ class Cluster:
 
     def delete_workload(self, namespace: str, name: str) -> None:
         """Delete a Workload (its quota goes back at once); a missing one is fine."""
-        self._count("delete")
+        self._write("delete", f"Workload {namespace}/{name}")
         try:
             self.custom.delete_namespaced_custom_object(
                 KUEUE_GROUP, KUEUE_VERSION, namespace, WORKLOADS, name, _request_timeout=TIMEOUT

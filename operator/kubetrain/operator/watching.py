@@ -23,6 +23,16 @@ from kubetrain.operator import metrics
 JSON = dict[str, Any]
 Handler = Callable[[Mapping[str, Any]], None]
 
+IDENTITY = ("namespace", "name", "uid", "labels", "resourceVersion")
+"""What the operator must be told of a child that vanished between two listings: which
+object it was, and whose (its labels name the job). Every kind watched needs the same."""
+
+
+def identity(obj: JSON) -> JSON:
+    """The part of an object the watch remembers; the cache keeps the rest it reads."""
+    meta = obj.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in IDENTITY if k in meta}}
+
 
 class NamespaceFilter:
     """The operator's ``--namespace`` patterns: globs, ``!glob`` to leave out, commas allowed."""
@@ -60,6 +70,7 @@ class Watcher:
             name=kind,
             retried=(ApiException, HTTPError, OSError, ValueError, WatchError),
             fatal=self._count_error,
+            remember=identity,
         )
         self.synced = self._loop.synced  # set once the first list is handed on
 
