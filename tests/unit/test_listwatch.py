@@ -118,3 +118,24 @@ def test_a_stream_that_ended_is_followed_by_the_next_whatever_its_close_says() -
     loop.stop()
     assert source.watched_from[:4] == ["1", "1", "1", "1"]  # an unexpected error: list again
     assert loop.error is None
+
+
+def test_remembers_only_the_projection_and_a_vanished_object_carries_the_listings_version() -> None:
+    big = dict(pod("a", 9), spec={"env": [{"name": "X", "value": "x" * 10_000}]})
+    seen: list[tuple[str, JSON]] = []
+    source = FakeSource([listing(10, big), listing(20)], [FakeStream([
+        {"type": "ERROR", "object": {"code": 410, "message": "too old"}},
+    ])])  # fmt: skip
+    loop = ListWatch(
+        source,
+        lambda kind, obj, _: seen.append((kind, obj)),
+        name="pods",
+        remember=lambda obj: {"metadata": obj["metadata"]},
+    )
+    loop.start()
+    eventually(lambda: len(seen) >= 2, what="the Pod listed, then gone at the relist")
+    loop.stop()
+    assert seen[0] == ("ADDED", big)  # handed on whole
+    kind, gone = seen[1]
+    assert kind == "DELETED" and "spec" not in gone  # only what was remembered of it
+    assert gone["metadata"] == {"namespace": "ns", "name": "a", "resourceVersion": "20"}
