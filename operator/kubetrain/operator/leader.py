@@ -136,9 +136,11 @@ class LeaderElector:
                 self._written = None
 
     def alive(self) -> bool:
-        """Still electing (or stopped on purpose): False once the thread has ended by
-        itself, which the liveness probe reports so that the container is restarted."""
-        return self._stop.is_set() or self._thread.is_alive()
+        """Not ended by itself (not started yet, electing, or stopped on purpose): False
+        once the thread has ended on its own, which fails the liveness probe so that the
+        container is restarted."""
+        started = self._thread.ident is not None
+        return self._stop.is_set() or self._thread.is_alive() or not started
 
     def _run(self) -> None:
         unexpected = 0  # rounds in a row that failed with an error of our own
