@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
 
+from kubetrain.operator.controller import Controller
+from kubetrain.operator.kube import Cluster
+from kubetrain.operator.settings import Settings
 from kubetrain.operator.watching import NamespaceFilter, Watcher
 from tests.polling import eventually
 
@@ -52,3 +56,41 @@ def test_the_api_server_filters_by_label_and_deletions_arrive(
     finally:
         watcher.stop()
     assert not [name for _, _, name in seen if name.startswith("unrelated")]
+
+
+BULK = "KUBETRAIN_TEST_BULK"
+
+
+def env_values_held() -> set[str]:
+    """Every value of a ``BULK`` env entry still held as JSON anywhere in this process."""
+    gc.collect()
+    return {
+        str(entry.get("value"))
+        for o in gc.get_objects()  # lists: the collector tracks them, not dicts of strings
+        if isinstance(o, list)
+        for entry in o
+        if isinstance(entry, dict) and entry.get("name") == BULK
+    }
+
+
+def test_the_operators_watches_keep_no_pod_spec_beside_the_cache(
+    api_client: client.ApiClient, core: client.CoreV1Api, quiet_namespace: str
+) -> None:
+    ours = {"app.kubernetes.io/managed-by": "kubetrain", "kubetrain.io/job-name": "j"}
+    pods = 20
+    for i in range(pods):
+        body = pod(f"j-worker-{i}-a1", ours)
+        body.spec.containers[0].env = [client.V1EnvVar(name=BULK, value=f"{i}:" + "x" * 4096)]
+        core.create_namespaced_pod(quiet_namespace, body)
+    controller = Controller(Cluster(api_client), Settings())  # a standby: it never acts
+    controller.watch_children(api_client, NamespaceFilter([quiet_namespace]))
+    controller.start()
+    try:
+        eventually(controller.synced, what="the first lists")
+        eventually(lambda: len(controller.cache.pods((quiet_namespace, "j"))) == pods,
+                   what="every worker in the cache")  # fmt: skip
+        # The cache keeps no spec; the watch keeps what it must know of a deletion. At
+        # most the event being read is still held by the watch's loop.
+        assert len(env_values_held()) <= 1
+    finally:
+        controller.stop()
