@@ -180,9 +180,11 @@ def queues(
         made.delete()
 
 
-def gpu_job(name: str, queue: str, *, gpus: int = 4, workers: int = 1, epochs: int = 2,
+def gpu_job(name: str, queue: str, *, gpus: int = 1, workers: int = 1, epochs: int = 2,
             samples: int = 512, priority: str = "normal") -> dict[str, Any]:  # fmt: skip
-    """The tiny LoRA job on A100s, queued in ``queue``."""
+    """The tiny LoRA job on A100s, queued in ``queue``. One GPU per worker by default: a
+    quota counts GPUs alike at any size, and each GPU is a training process on this machine's
+    two cores: three 4-GPU jobs (twelve processes) lost ranks under a loaded CI run."""
     manifest = tiny_lora(name)
     manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": queue}
     spec = manifest["spec"]
@@ -219,7 +221,7 @@ def _jobs(
 def test_a_gpu_quota_admits_two_jobs_and_queues_the_third_with_kueues_reason(
     api_client: client.ApiClient, queues: Queues, kueue_operator: OperatorProcess
 ) -> None:
-    queues.create(gpus=8)
+    queues.create(gpus=2)
     first, second, third = _jobs(api_client, queues, kueue_operator, "one", "two", "three")
     for job in (first, second):
         job.create(gpu_job(job.name, queues.local_queue, epochs=3))
@@ -264,7 +266,7 @@ def test_a_gpu_quota_admits_two_jobs_and_queues_the_third_with_kueues_reason(
 def test_two_workers_start_together_or_not_at_all(
     api_client: client.ApiClient, queues: Queues, kueue_operator: OperatorProcess
 ) -> None:
-    queues.create(gpus=4)  # fits one of the two 4-GPU workers
+    queues.create(gpus=1)  # fits one of the two 1-GPU workers
     (job,) = _jobs(api_client, queues, kueue_operator, "pair")
     job.create(gpu_job(job.name, queues.local_queue, workers=2, samples=256, epochs=1))
 
@@ -279,7 +281,7 @@ def test_two_workers_start_together_or_not_at_all(
     assert waiting["phase"] == "Queued"
     assert not _pods(job), "neither worker exists while the group is not admitted"
 
-    queues.set_gpus(8)
+    queues.set_gpus(2)
     job.until(lambda s: s.get("phase") == "Running", "Running once the quota fits both")
     admitted = queues.condition("pair", "Admitted")
     pods = _pods(job)
@@ -295,7 +297,7 @@ def test_two_workers_start_together_or_not_at_all(
 def test_a_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
     api_client: client.ApiClient, queues: Queues, kueue_operator: OperatorProcess
 ) -> None:
-    queues.create(gpus=4)
+    queues.create(gpus=1)
     low, high = _jobs(api_client, queues, kueue_operator, "low", "high")
     low.create(gpu_job(low.name, queues.local_queue, priority="low", samples=512, epochs=3))
     low.until(lambda s: s.get("phase") == "Running" and _step(s) >= 4, "training")
@@ -337,7 +339,7 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoin
 def test_suspend_and_delete_release_the_quota(
     api_client: client.ApiClient, queues: Queues, kueue_operator: OperatorProcess
 ) -> None:
-    queues.create(gpus=4)
+    queues.create(gpus=1)
     first, second, third = _jobs(api_client, queues, kueue_operator, "first", "second", "third")
     first.create(gpu_job(first.name, queues.local_queue, epochs=3))
     first.until(lambda s: s.get("phase") == "Running", "Running")
