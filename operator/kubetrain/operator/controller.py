@@ -19,7 +19,7 @@ from kubetrain.operator.reconcile.cache import Cache, Key, resource_version
 from kubetrain.operator.reconcile.queue import WorkQueue
 from kubetrain.operator.reconcile.reconciler import Reconciler
 from kubetrain.operator.render import LABEL_TRAINER_IDENTITY
-from kubetrain.operator.reports import Inbox, PodIdentity
+from kubetrain.operator.reports import Inbox, PodIdentity, Pushed
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.watching import NamespaceFilter, Watcher
 
@@ -39,7 +39,7 @@ class Controller:
 
     def __init__(self, cluster: Cluster, settings: Settings, workers: int = 4) -> None:
         self.cache = Cache()
-        self.inbox = Inbox()
+        self.inbox = Inbox(checkpoint_seconds=settings.status_interval_seconds)
         self.queue: WorkQueue[Key] = WorkQueue()
         self.reconciler = Reconciler(cluster, self.cache, settings, inbox=self.inbox)
         self.active: Gate = threading.Event()  # set while this replica leads (always, standalone)
@@ -147,18 +147,36 @@ class Controller:
             if job["metadata"]["namespace"] == namespace:
                 self.queue.add((namespace, job["metadata"]["name"]))
 
-    def accept_report(self, pod: PodIdentity, text: str) -> int:
-        """A report pushed by the trainer of ``pod`` (vouched for by its token): 202 when
-        kept, 404 when the Pod is not a worker this operator knows."""
+    def accept_report(self, pod: PodIdentity, pushed: Pushed) -> int:
+        """A report pushed by the trainer of ``pod`` (vouched for by its token, decoded at
+        the channel's door): 202 when kept, 404 when the Pod is not a worker this operator
+        knows."""
         found = self.cache.pod(pod.namespace, pod.name)
         if found is None or found[1]["metadata"].get("uid") != pod.uid:
             return 404
         key, _ = found
-        if self.inbox.put(pod.uid, text):
+        if self.inbox.put(pod.uid, pushed):
             self.queue.add(key)  # a checkpoint, epoch or state change: mirrored at once
         else:
             self.queue.add(key, self.reconciler.progress_due_in(key))
         return 202
+
+    def report_refused(self, pod: PodIdentity, reason: str) -> None:
+        """A report the channel refused at its door: a Warning on the job of ``pod``, as for
+        a bad annotated report (the channel tells each distinct reason once per Pod)."""
+        found = self.cache.pod(pod.namespace, pod.name)
+        if found is None or found[1]["metadata"].get("uid") != pod.uid:
+            return
+        job = self.cache.job(found[0])
+        if job is None:
+            return
+        metrics.REPORTS.labels("rejected").inc()
+        self.reconciler.cluster.post_event(
+            job,
+            "Warning",
+            "InvalidProgressReport",
+            f"ignored the progress report of Pod {pod.name}: {reason}",
+        )
 
     def resync(self) -> None:
         """Queue every known job: on becoming the leader, take stock of everything."""

@@ -126,6 +126,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
             TokenReviewer(client.AuthenticationV1Api(api)),
             controller.accept_report,
             controller.active.is_set,
+            warn=controller.report_refused,
         )
         server.start()
         memo["report_server"] = server

@@ -74,9 +74,13 @@ class Cluster:
     def _count(verb: str) -> None:
         metrics.API_REQUESTS.labels(verb).inc()
 
+    def may_write(self) -> bool:
+        """Whether the fence lets this replica write now."""
+        return self.fence is None or self.fence()
+
     def _write(self, verb: str, what: str) -> None:
         """Count a write about to be sent, once the fence lets it through."""
-        if self.fence is not None and not self.fence():
+        if not self.may_write():
             raise NotLeadingError(f"not the leader: {verb} {what} not sent")
         self._count(verb)
 

@@ -20,7 +20,7 @@ from kubetrain.api.fetch import fetch_sources
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
 from kubetrain.operator import kueue, metrics
-from kubetrain.operator.kube import Cluster, GoneError, StaleError
+from kubetrain.operator.kube import Cluster, GoneError, NotLeadingError, StaleError
 from kubetrain.operator.metrics import JobSample
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
@@ -184,6 +184,8 @@ class Reconciler:
                 again = self._reconcile(body)
             self._errors.pop(key, None)
             return again
+        except NotLeadingError:  # leadership lapsed mid-pass: the controller puts the job back
+            raise
         except GoneError:
             self._gone(key)
             return None
@@ -306,8 +308,9 @@ class Reconciler:
                 if refused is not None:
                     return refused
         finally:
-            for event in decided.events:
-                self.cluster.post_event(body, event.type, event.reason, event.message)
+            if self.cluster.may_write():  # a replica that no longer leads posts nothing
+                for event in decided.events:
+                    self.cluster.post_event(body, event.type, event.reason, event.message)
         self._report_problems(key, body, decided)
         if decided.delete_job:
             self.cluster.delete_job(*key)
