@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes import client
 
 from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE, EXIT_STOPPED
+from kubetrain.localcluster import ControlPlane
 from kubetrain.trainer.reporter import Channel, PushSink
 from tests.polling import eventually
 
@@ -152,3 +153,28 @@ def push(url: str, ca_pem: str, token_file: Path, **fields: Any) -> None:
     """Push a progress report on the operator's channel with the trainer's own sink."""
     body = {"version": 1, "time": _now(), **fields}
     PushSink(Channel(url, ca_pem, token_file, 1.0)).send(json.dumps(body))
+
+
+def as_trainer(
+    cluster: ControlPlane, core: client.CoreV1Api, pod: client.V1Pod
+) -> client.CoreV1Api:
+    """A client with the token the kubelet would project for ``pod`` (its ServiceAccount,
+    bound to the Pod, for the API server)."""
+    token = core.create_namespaced_service_account_token(
+        pod.spec.service_account_name,
+        pod.metadata.namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],  # the API server's own
+                expiration_seconds=600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                ),
+            )
+        ),
+    ).status.token
+    configuration = client.Configuration()
+    configuration.host = cluster.server
+    configuration.ssl_ca_cert = str(cluster.pki_dir / "ca.crt")
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.CoreV1Api(client.ApiClient(configuration))

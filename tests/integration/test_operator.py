@@ -600,27 +600,7 @@ def test_a_restarted_operator_makes_no_duplicates_and_carries_on(
 def test_a_trainer_token_may_patch_only_its_own_pod(jobs: Jobs, cluster: Any) -> None:
     jobs.create(llm_job("scoped", resources={"workers": 2, "gpuType": "a100"}))
     pods = jobs.live_pods("scoped", 2)
-    token = jobs.core.create_namespaced_service_account_token(
-        "kubetrain-trainer",
-        jobs.ns,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[],
-                expiration_seconds=600,
-                bound_object_ref=client.V1BoundObjectReference(
-                    kind="Pod",
-                    api_version="v1",
-                    name=pods[0].metadata.name,
-                    uid=pods[0].metadata.uid,
-                ),
-            )
-        ),
-    ).status.token
-    configuration = client.Configuration()
-    configuration.host = cluster.server
-    configuration.ssl_ca_cert = str(cluster.pki_dir / "ca.crt")
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    as_trainer = client.CoreV1Api(client.ApiClient(configuration))
+    as_trainer = kubelet.as_trainer(cluster, jobs.core, pods[0])
 
     kubelet.report(
         as_trainer, jobs.ns, "scoped-worker-0-a1", step=1, totalSteps=10

@@ -207,24 +207,7 @@ def test_the_annotations_write_time_is_the_api_servers_and_orders_a_push_against
     pod = trainer_pod(core, quiet_namespace, "w-0")
     assert annotation_written_at(_raw_pod(core, quiet_namespace, "w-0")) is None  # not yet
 
-    token = core.create_namespaced_service_account_token(
-        TRAINER_IDENTITY,
-        quiet_namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[],
-                expiration_seconds=600,
-                bound_object_ref=client.V1BoundObjectReference(
-                    kind="Pod", api_version="v1", name="w-0", uid=pod.metadata.uid
-                ),
-            )
-        ),
-    ).status.token
-    configuration = client.Configuration()
-    configuration.host = cluster.server
-    configuration.ssl_ca_cert = str(cluster.pki_dir / "ca.crt")
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    trainer = client.CoreV1Api(client.ApiClient(configuration))
+    trainer = kubelet.as_trainer(cluster, core, pod)
     steps = iter(range(1, 10_000))
 
     def annotate() -> datetime | None:

@@ -21,29 +21,6 @@ from tests.integration.test_operator import Jobs, llm_job
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-def as_trainer(cluster: ControlPlane, core: client.CoreV1Api, pod: client.V1Pod) -> Any:
-    """A client with the token the kubelet would project for ``pod`` (its ServiceAccount,
-    bound to the Pod, for the API server)."""
-    token = core.create_namespaced_service_account_token(
-        pod.spec.service_account_name,
-        pod.metadata.namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[],  # the API server's own
-                expiration_seconds=600,
-                bound_object_ref=client.V1BoundObjectReference(
-                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
-                ),
-            )
-        ),
-    ).status.token
-    configuration = client.Configuration()
-    configuration.host = cluster.server
-    configuration.ssl_ca_cert = str(cluster.pki_dir / "ca.crt")
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    return client.CoreV1Api(client.ApiClient(configuration))
-
-
 def refused(patch: Callable[[], Any]) -> str:
     """The API server's message for a refused write (the test fails if it was admitted)."""
     with pytest.raises(ApiException) as err:
@@ -64,7 +41,7 @@ def test_a_trainer_may_write_only_its_progress_annotation(
     name = pod.metadata.name
     kubelet.start(jobs.core, namespace, name)
     jobs.phase("sizing", "Running")
-    trainer = as_trainer(cluster, jobs.core, pod)
+    trainer = kubelet.as_trainer(cluster, jobs.core, pod)
     before = jobs.core.read_namespaced_pod(name, namespace).metadata.annotations
 
     def patch(annotations: dict[str, str | None]) -> Callable[[], Any]:
