@@ -360,8 +360,8 @@ def test_watch_in_a_terminal_redraws_a_moving_bar(
     sdk: Client, core: client.CoreV1Api, namespace: str, train: Plugin, tmp_path: Path
 ) -> None:
     pod = _running_job(sdk, core, namespace, "live")
-    helpers.progress(core, namespace, pod, 20)
-    eventually(lambda: sdk.get("live").status.progress.percentage == 20.0, what="20% in status")  # type: ignore[union-attr]
+    helpers.progress(core, namespace, pod, 60)  # on from the running job's step 50
+    eventually(lambda: sdk.get("live").status.progress.percentage == 60.0, what="60% in status")  # type: ignore[union-attr]
     tmux = Tmux(tmp_path)
     tmux.start(train.argv("watch"))
     try:
@@ -374,11 +374,11 @@ def test_watch_in_a_terminal_redraws_a_moving_bar(
             found: str = eventually(probe, timeout=30, what=f"{text!r} on the watch screen")
             return found
 
-        first = showing("20.0%")
-        helpers.progress(core, namespace, pod, 70)
-        second = showing("70.0%")
+        first = showing("60.0%")
+        helpers.progress(core, namespace, pod, 90)
+        second = showing("90.0%")
         row = next(line for line in second.splitlines() if line.startswith("live"))
-        assert "Running" in row and "2/2" in row and "70/100" in row
+        assert "Running" in row and "2/2" in row and "90/100" in row
         assert second.count(FULL_CELL) > first.count(FULL_CELL) > 0
         assert second.count("NAME") == 1  # redrawn in place, not appended
         helpers.complete(core, namespace, pod)
