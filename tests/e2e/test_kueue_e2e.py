@@ -317,9 +317,14 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoin
     )
     stopped_at = max(_step(s) for s in low.seen if s.get("attempt") == 1)
     assert at_preemption["step"] >= stopped_at, "the checkpoint is the step where it stopped"
+
     # The quota went back only after the checkpoint was written (the high job holds it now).
-    released = queues.condition("low", "QuotaReserved")
-    assert released["status"] == "False"
+    # The operator writes the job's phase, then releases the Workload: wait for the second.
+    def quota_released() -> dict[str, Any] | None:
+        found = queues.condition("low", "QuotaReserved")
+        return found if found.get("status") == "False" else None
+
+    released = wait_for(quota_released, "low's Workload released", TIMEOUT, kueue_operator)
     written = datetime.fromisoformat(at_preemption["createdAt"].replace("Z", "+00:00"))
     given_back = datetime.fromisoformat(released["lastTransitionTime"].replace("Z", "+00:00"))
     assert given_back >= written.replace(microsecond=0), (given_back, written)
