@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client
 
@@ -23,6 +24,11 @@ from tests.integration.test_cli import Tmux
 from tests.node.conftest import RELEASE, ROOT, RealCluster, Release, until
 
 TIMEOUT = 600.0
+
+
+# Each of these trains real models on the real node for minutes; a loaded machine can take
+# twice as long as an idle one. The suite's 600 s guard against a hang is too tight for them.
+pytestmark = pytest.mark.timeout(1800)
 
 
 class Job:
