@@ -16,7 +16,14 @@ from kubetrain.api.children import (
     LABEL_STAGE,
     LABEL_WORKER,
 )
-from kubetrain.api.report import ANNOTATION, EXIT_STOPPED, ProgressReport, ReportError, decode
+from kubetrain.api.report import (
+    ANNOTATION,
+    EXIT_STOPPED,
+    ProgressReport,
+    ReportedModel,
+    ReportError,
+    decode,
+)
 from kubetrain.api.status import (
     Checkpoint,
     Condition,
@@ -263,16 +270,20 @@ def mirror_report(
         ]
         update["latest_checkpoint"] = latest_checkpoint(report)
     if report.model is not None:
-        model = report.model
-        update["model"] = ModelOutput(
-            claim_name=claim_name,
-            path=model.path,
-            format=model.format or None,
-            uri=model.uri or None,
-            size_bytes=model.size_bytes or None,
-            digest=model.digest or None,
-        )
+        update["model"] = model_output(report.model, claim_name)
     return status.model_copy(update=update)
+
+
+def model_output(model: ReportedModel, claim_name: str) -> ModelOutput:
+    """``status.model`` from where a trainer said its model is (a report, a termination)."""
+    return ModelOutput(
+        claim_name=claim_name,
+        path=model.path,
+        format=model.format or None,
+        uri=model.uri or None,
+        size_bytes=model.size_bytes or None,
+        digest=model.digest or None,
+    )
 
 
 def latest_checkpoint(report: ProgressReport) -> str | None:

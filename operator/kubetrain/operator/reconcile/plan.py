@@ -28,7 +28,6 @@ from kubetrain.api.status import (
     EstimatedCost,
     FetchedSource,
     Initialization,
-    ModelOutput,
     Phase,
     Progress,
     QueueStatus,
@@ -47,6 +46,7 @@ from kubetrain.operator.status import (
     PodView,
     estimate_remaining,
     mirror_report,
+    model_output,
     read_report,
     set_condition,
 )
@@ -575,14 +575,9 @@ class _Planner:
         its exit code was lost to the end of the process (a final report it could not
         deliver, a thread the interpreter aborted on)."""
         st = self.st
-        told = next((t for t in said if t.model is not None), None)
-        if told is not None and told.model is not None and (st.model is None or not st.model.path):
-            model = told.model
-            st.model = ModelOutput(
-                claim_name=checkpoint_claim_name(self.job), path=model.path,
-                format=model.format or None, uri=model.uri or None,
-                size_bytes=model.size_bytes or None, digest=model.digest or None,
-            )  # fmt: skip
+        told = next((t.model for t in said if t.model is not None), None)
+        if told is not None and (st.model is None or not st.model.path):
+            st.model = model_output(told, checkpoint_claim_name(self.job))
         if said:
             self.event(
                 "CompletedWithoutReport",

@@ -183,6 +183,7 @@ class Reconciler:
                 generation = body["metadata"].get("generation")
                 again = self._reconcile(body)
             self._errors.pop(key, None)
+            self._answered.pop(key, None)  # "in a row": a pass that went through ends the row
             return again
         except NotLeadingError:  # leadership lapsed mid-pass: the controller puts the job back
             raise
@@ -224,11 +225,11 @@ class Reconciler:
         writes it); a transient one is retried, at most ``transientErrorLimit`` times in a
         row, then fails the job likewise."""
         limit = self.settings.transient_error_limit
+        if err.transient and err.reason == "FailedCreatePod":  # counted by its condition
+            return self._creation_refused(key, err.describe(), generation)
         if err.transient:
             tries = self._answered[key] = self._answered.get(key, 0) + 1
             if tries < limit:
-                if err.reason == "FailedCreatePod":
-                    return self._creation_refused(key, err.describe(), generation)
                 retry = self._backoff(key, 1.0)
                 log.warning("%s/%s: %s; retrying in %.1fs", *key, err.describe(), retry)
                 return retry
@@ -270,7 +271,7 @@ class Reconciler:
         # Children are this job's by controller owner: a Pod left by an earlier job of the
         # same name (being garbage-collected) is never counted or adopted.
         pods = [
-            self._with_pushed(observe_pod(p), annotation_written_at(p))
+            self._with_pushed(observe_pod(p), p)
             for p in self.cache.pods(key)
             if controller_uid(p) == job.metadata.uid
         ]
@@ -317,14 +318,14 @@ class Reconciler:
             return None
         return self._next_look(decided, wait, running=any(p.phase == "Running" for p in pods))
 
-    def _with_pushed(self, pod: PodView, annotated_at: datetime | None) -> PodView:
+    def _with_pushed(self, pod: PodView, body: JSON) -> PodView:
         """The Pod with the newer of its pushed and its annotated report, by when the
         operator received the push and the API server the annotation (never by the
         trainer's clock)."""
         pushed, received_at = self.inbox.get(pod.uid), self.inbox.received_at(pod.uid)
         if pushed is None or received_at is None or pushed == pod.report:
             return pod
-        if pod.report and not newer_pushed(received_at, annotated_at):
+        if pod.report and not newer_pushed(received_at, annotation_written_at(body)):
             return pod  # e.g. written by the fallback while this replica was away
         return replace(pod, report=pushed)
 
