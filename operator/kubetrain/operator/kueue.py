@@ -10,7 +10,11 @@ integrations do for batch/v1 Jobs:
   workers gracefully (they checkpoint), and only once they have stopped does it clear the
   Workload's admission, which returns the quota: the checkpoint is committed first;
 - a finished job's Workload is marked ``Finished``; a stopped job's is deleted. Both free
-  the quota at once. The Workload is owned by the job, so deleting the job frees it too.
+  the quota at once. The Workload is owned by the job, so deleting the job frees it too;
+- it keeps the Workload's ``PodsReady`` condition as the framework does for its jobs
+  (``pods_ready``): Kueue's waitForPodsReady evicts an admitted Workload that does not reach
+  ``PodsReady=True`` within its timeout, or does not get back to it within its recovery
+  timeout after a worker failed.
 
 This module turns Workload objects into the plan's view of them, and the plan's decisions
 into Workload bodies; the plan stays a pure function.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +33,7 @@ from typing import Any
 from kubetrain.api.base import GROUP, KIND, VERSION
 from kubetrain.api.children import LABEL_JOB, MANAGED_BY
 from kubetrain.api.job import TrainingJob
+from kubetrain.operator.status import PodView
 
 JSON = dict[str, Any]
 KUEUE_GROUP = "kueue.x-k8s.io"
@@ -44,6 +50,23 @@ POD_SET = "workers"
 _REQUEUED_REASONS = ("Preempted", "NodeFailures")
 """Evictions after which Kueue puts the Workload back in its queue (as its jobs do)."""
 _PREEMPTOR = re.compile(r"JobUID: (?P<uid>[0-9a-f-]+)")
+
+PODS_READY = "PodsReady"
+"""The Workload condition Kueue's waitForPodsReady times: written by the job's controller."""
+WAIT_FOR_START = "WaitForStart"
+"""PodsReady=False: admitted, not every worker running yet (or not admitted at all)."""
+WAIT_FOR_RECOVERY = "WaitForRecovery"
+"""PodsReady=False: every worker had been running, and one has stopped since."""
+STARTED = "Started"
+"""PodsReady=True: every worker running, the first time."""
+RECOVERED = "Recovered"
+"""PodsReady=True: every worker running again after a WaitForRecovery."""
+_PODS_READY_MESSAGES = {  # Kueue's job framework's words, as its own jobs show them
+    WAIT_FOR_START: "Not all pods are ready or succeeded",
+    WAIT_FOR_RECOVERY: "At least one pod has failed, waiting for recovery",
+    STARTED: "All pods reached readiness and the workload is running",
+    RECOVERED: "All pods reached readiness and the workload is running",
+}
 
 
 def workload_name(job: str) -> str:
@@ -74,6 +97,11 @@ class WorkloadView:
     """The uid of the job whose admission evicted this one, where Kueue names it."""
     preemptor: str = ""
     """The TrainingJob behind ``preemptor_uid`` (filled by the reconciler), if known."""
+    pods_ready: bool = False
+    """Its PodsReady condition is True."""
+    pods_ready_reason: str = ""
+    """That condition's reason ("" while the Workload has none): ``STARTED``, ``RECOVERED``,
+    ``WAIT_FOR_START`` or ``WAIT_FOR_RECOVERY``."""
 
 
 def _conditions(body: JSON) -> dict[str, JSON]:
@@ -117,6 +145,8 @@ def view(body: JSON) -> WorkloadView:
         evicted_reason=str(evicted.get("reason", "")),
         evicted_message=preempted or str(evicted.get("message", "")),
         preemptor_uid=found.group("uid") if found else "",
+        pods_ready=_true(conditions, PODS_READY),
+        pods_ready_reason=str((conditions.get(PODS_READY) or {}).get("reason", "")),
     )
 
 
@@ -244,6 +274,66 @@ def finished(body: JSON, succeeded: bool, message: str, now: datetime) -> JSON:
         list(status.get("conditions") or []),
         "Finished",
         "True",
+        reason,
+        message,
+        generation=body["metadata"].get("generation"),
+        now=now,
+    )
+    return dict(body, status=status)
+
+
+def workers_ready(pods: Iterable[PodView], workers: int, attempt: int) -> bool:
+    """Every worker of ``attempt`` is running or has succeeded, and none is being deleted:
+    what Kueue's batch/v1 Job counts as its pods being ready (the fetch Pod is not one of
+    the Workload's pods)."""
+    up = {
+        p.index
+        for p in pods
+        if not p.stage
+        and p.attempt == attempt
+        and not p.deleting
+        and p.phase in ("Running", "Succeeded")
+    }
+    return workers > 0 and len(up) >= workers
+
+
+def pods_ready_condition(wl: WorkloadView, ready: bool) -> tuple[bool, str, str]:
+    """(status, reason, message) of the PodsReady condition for ``wl`` when its workers are
+    ``ready`` (``workers_ready``), decided as Kueue's job framework decides it
+    (generatePodsReadyCondition): False/WaitForStart while not admitted (an evicted Workload
+    included); True/Started once every worker runs, True/Recovered when that follows a
+    recovery; after True, False/WaitForRecovery (Kueue then times the recovery timeout from
+    that transition); otherwise False/WaitForStart (Kueue times the timeout from the
+    admission)."""
+    if not wl.admitted:
+        reason = WAIT_FOR_START
+    elif ready:
+        recovering = wl.pods_ready_reason in (WAIT_FOR_RECOVERY, RECOVERED)
+        reason = RECOVERED if recovering else STARTED
+    elif wl.pods_ready or wl.pods_ready_reason == WAIT_FOR_RECOVERY:
+        reason = WAIT_FOR_RECOVERY
+    else:
+        reason = WAIT_FOR_START
+    return reason in (STARTED, RECOVERED), reason, _PODS_READY_MESSAGES[reason]
+
+
+def pods_ready_changes(wl: WorkloadView, ready: bool) -> bool:
+    """The Workload's PodsReady condition differs from ``pods_ready_condition`` in status or
+    reason: the only case in which the framework writes it (so its transition time, which
+    Kueue's timeouts count from, moves only on a real change)."""
+    status, reason, _ = pods_ready_condition(wl, ready)
+    return (wl.pods_ready, wl.pods_ready_reason) != (status, reason)
+
+
+def pods_ready(body: JSON, ready: bool, now: datetime) -> JSON:
+    """``body`` with its PodsReady condition as ``pods_ready_condition`` decides it, for the
+    status subresource (``Cluster.replace_workload_status``)."""
+    true, reason, message = pods_ready_condition(view(body), ready)
+    status = dict(body.get("status") or {})
+    status["conditions"] = _set(
+        list(status.get("conditions") or []),
+        PODS_READY,
+        "True" if true else "False",
         reason,
         message,
         generation=body["metadata"].get("generation"),
