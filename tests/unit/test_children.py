@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubetrain.operator.reconcile.reconciler import controller_uid, holds
+from kubetrain.operator.reconcile.children import controller_uid, holds
 
 DESIRED: dict[str, Any] = {
     "apiVersion": "v1",

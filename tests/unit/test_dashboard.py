@@ -10,8 +10,7 @@ from prometheus_client import generate_latest
 
 from kubetrain.api.status import TrainingJobStatus
 from kubetrain.operator import metrics
-from kubetrain.operator.reconcile.reconciler import job_sample
-from kubetrain.operator.settings import Settings
+from kubetrain.operator.reconcile.samples import job_sample
 from tests.unit.test_job_series import RUNNING, job
 
 DASHBOARD = Path(__file__).parents[2] / "charts" / "kubetrain" / "files" / "dashboards"
@@ -19,7 +18,7 @@ DASHBOARD = Path(__file__).parents[2] / "charts" / "kubetrain" / "files" / "dash
 
 def exported() -> set[str]:
     """Every series name the operator's registry serves, with a job being observed."""
-    metrics.JOB_SERIES.observe(("nlp", "llama"), job_sample(job("llama"), RUNNING, Settings()))
+    metrics.JOB_SERIES.observe(("nlp", "llama"), job_sample(job("llama"), RUNNING, "a100"))
     try:
         text = generate_latest().decode()
     finally:

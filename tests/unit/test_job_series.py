@@ -10,8 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubetrain.api import TrainingJob
 from kubetrain.api.status import TrainingJobStatus
 from kubetrain.operator.metrics import JobSeries
-from kubetrain.operator.reconcile.reconciler import job_sample
-from kubetrain.operator.settings import Settings
+from kubetrain.operator.reconcile.samples import job_sample
 
 
 def job(name: str) -> TrainingJob:
@@ -59,7 +58,7 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def test_a_running_job_exports_its_curves_labelled_by_job_model_and_gpu() -> None:
     series = JobSeries()
-    series.observe(("nlp", "llama"), job_sample(job("llama"), RUNNING, Settings()))
+    series.observe(("nlp", "llama"), job_sample(job("llama"), RUNNING, "a100"))
     found = samples(scrape(series))
     labels = {"namespace": "nlp", "trainingjob": "llama", "model_type": "llm", "gpu_type": "a100"}
     for name, extra, value in (
@@ -82,7 +81,7 @@ def test_a_running_job_exports_its_curves_labelled_by_job_model_and_gpu() -> Non
 def test_a_deleted_jobs_series_go_and_the_cap_bounds_the_rest() -> None:
     series = JobSeries(cap=1000)
     for i in range(1200):
-        series.observe(("nlp", f"job-{i}"), job_sample(job(f"job-{i}"), RUNNING, Settings()))
+        series.observe(("nlp", f"job-{i}"), job_sample(job(f"job-{i}"), RUNNING, "a100"))
     text = scrape(series)
     assert text.count("kubetrain_job_loss{") == 1000
     assert "kubetrain_jobs_not_exported 200.0" in text

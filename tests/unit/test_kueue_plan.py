@@ -209,3 +209,18 @@ def test_a_workload_view_reads_kueues_conditions_and_the_preemptor() -> None:
                     if c["type"] == "Requeued")  # fmt: skip
     assert requeued["status"] == "True"
     assert kueue.view(kueue.finished(body, True, "done", NOW)).finished
+
+
+def test_pods_ready_follows_the_workers_as_kueues_job_framework_keeps_it() -> None:
+    # Admitted, the workers not yet running: no write (Kueue times the start from admission).
+    starting = decide(job(running()), [pod(0, phase="Pending"), pod(1, phase="Pending")], ADMITTED)
+    assert starting.workload is None
+    # Every worker runs: PodsReady becomes True.
+    up = decide(job(running()), [pod(0), pod(1)], ADMITTED)
+    assert up.workload == WorkloadAction("ready", ready=True)
+    ready = workload(quota_reserved=True, admitted=True, cluster_queue="gpus",
+                     pods_ready=True, pods_ready_reason=kueue.STARTED)  # fmt: skip
+    assert decide(job(running()), [pod(0), pod(1)], ready).workload is None  # said already
+    # A worker of the next attempt is not running yet: False, waiting for recovery.
+    recovering = decide(job(running(attempt=2)), [pod(0, 2), pod(1, 2, phase="Pending")], ready)
+    assert recovering.workload == WorkloadAction("ready", ready=False)

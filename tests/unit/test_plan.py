@@ -10,12 +10,12 @@ import pytest
 
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, ReportedModel
-from kubetrain.api.status import Phase
+from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
 from kubetrain.api.termination import Termination, encode_termination
-from kubetrain.operator.reconcile.plan import Lookups, Plan, plan
+from kubetrain.operator.reconcile.plan import CreationRefused, Lookups, Plan, invalid, plan
 from kubetrain.operator.reconcile.refusals import Refusal
 from kubetrain.operator.settings import Settings
-from kubetrain.operator.status import PodView, observe_pod
+from kubetrain.operator.status import PodView, observe_pod, with_report
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -39,7 +39,9 @@ def job(status: dict[str, Any] | None = None, generation: int = 1, **spec: Any) 
 
 
 def pod(index: int, attempt: int = 1, phase: str = "Running", **fields: Any) -> PodView:
-    return PodView(
+    """A worker Pod as ``observe_pod`` gives it (its report decoded)."""
+    report = fields.pop("report", None)
+    seen = PodView(
         name=f"j-worker-{index}",
         uid=f"uid-{index}-{attempt}",
         index=index,
@@ -48,6 +50,7 @@ def pod(index: int, attempt: int = 1, phase: str = "Running", **fields: Any) -> 
         deleting=fields.pop("deleting", False),
         **fields,
     )
+    return with_report(seen, report)
 
 
 def running(attempt: int = 1, **status: Any) -> dict[str, Any]:
@@ -520,3 +523,30 @@ def test_a_report_older_than_status_never_takes_it_back() -> None:
                      [pod(0, 3, report=_report(41, ["s40"])), pod(1, 3)])  # fmt: skip
     assert resumed.status.progress is not None
     assert (resumed.status.progress.current_step, resumed.status.progress.attempt) == (41, 3)
+
+
+def test_a_refused_creation_is_told_in_a_condition_and_held_until_its_retry() -> None:
+    refused = CreationRefused("could not create Pod j-worker-0: quota", NOW + timedelta(seconds=5))
+    first = plan(job(), [], now=NOW, settings=SETTINGS, lookups=Lookups(creation_refused=refused))
+    held = first.status.condition("PodCreationFailed")
+    assert held is not None and held.status is ConditionStatus.TRUE
+    assert held.message == refused.message and "FailedCreatePod" in reasons(first)
+    assert first.create == [] and first.requeue_after == 5.0
+    # At the retry, the Pods are created again; the unchanged condition posts no Event.
+    again = job(first.status.model_dump(mode="json", by_alias=True, exclude_none=True))
+    due = NOW + timedelta(seconds=5)
+    retry = plan(again, [], now=due, settings=SETTINGS, lookups=Lookups(creation_refused=refused))
+    assert retry.create == [0, 1] and "FailedCreatePod" not in reasons(retry)
+    # Once the reconciler created them, the condition says so.
+    done = job(retry.status.model_dump(mode="json", by_alias=True, exclude_none=True))
+    created = decide(done, [pod(0), pod(1)], now=due)
+    cleared = created.status.condition("PodCreationFailed")
+    assert cleared is not None and cleared.status is ConditionStatus.FALSE
+
+
+def test_a_body_the_models_reject_fails_once_per_generation() -> None:
+    first = invalid(TrainingJobStatus(), 3, "spec.training.learningRate: too big", NOW)
+    assert first.status.phase is Phase.FAILED and reasons(first) == ["InvalidSpec"]
+    again = invalid(first.status, 3, "spec.training.learningRate: too big", NOW)
+    assert again.events == [] and again.status == first.status
+    assert reasons(invalid(first.status, 4, "spec.x: bad", NOW)) == ["InvalidSpec"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetrain.operator.reconcile.reconciler import TokenBucket, _clock_only
+from kubetrain.operator.reconcile.writer import TokenBucket, _clock_only
 from tests.clock import Clock
 
 

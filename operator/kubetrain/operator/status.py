@@ -5,7 +5,8 @@ Nothing here reads a clock or talks to the cluster; ``now`` is always passed in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +90,11 @@ class PodView:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     report: str | None = None
+    """The report's text as the Pod carries it (or as it was pushed), for its digest."""
+    decoded: ProgressReport | None = None
+    """The report, decoded once where it came in (the channel's door, or ``observe_pod``)."""
+    problem: str | None = None
+    """Why the report is ignored (it did not decode), or None."""
     resume_from: str = ""
     deletion_time: datetime | None = None
     node_lost: bool = False  # evicted because its node stopped reporting
@@ -182,14 +188,25 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
             view["message"] = (terminated.get("message") or view["message"]).strip()
             view["started_at"] = _time(terminated.get("startedAt"))
             view["finished_at"] = _time(terminated.get("finishedAt"))
-    return PodView(**view)
+    return with_report(PodView(**view), view["report"])
 
 
-def read_report(pod: PodView) -> ProgressReport | None:
-    """The Pod's progress report, None when it has none; ReportError when it is invalid."""
-    if not pod.report:
-        return None
-    return decode(pod.report)
+def with_report(pod: PodView, text: str | None) -> PodView:
+    """The Pod with ``text`` as its report, decoded (once for each distinct text)."""
+    if not text:
+        return replace(pod, report=text, decoded=None, problem=None)
+    decoded, problem = _decode(text)
+    return replace(pod, report=text, decoded=decoded, problem=problem)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode(text: str) -> tuple[ProgressReport | None, str | None]:
+    """A report's text decoded, or why not: every pass sees the same annotation again until
+    the trainer writes a new one, so each text is decoded once (the models are read-only)."""
+    try:
+        return decode(text), None
+    except ReportError as err:
+        return None, str(err)
 
 
 def set_condition(
@@ -302,12 +319,3 @@ def estimate_remaining(progress: Progress) -> float | None:
     if not step or not total or elapsed is None or step > total:
         return None
     return round(elapsed / step * (total - step), 1)
-
-
-def report_problem(pod: PodView) -> str | None:
-    """Why the Pod's report is ignored, or None when it is fine or absent."""
-    try:
-        read_report(pod)
-    except ReportError as err:
-        return str(err)
-    return None
