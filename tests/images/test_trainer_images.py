@@ -20,7 +20,8 @@ from tests.trainer.s3server import REGION, S3Server
 
 from kubetrain.api.job import TrainingJob
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, MODEL_MANIFEST, tree_digest
-from kubetrain.operator.render import Placement, fetch_pod, worker_pod
+from kubetrain.operator.placement import Placement
+from kubetrain.operator.render import fetch_pod, worker_pod
 from kubetrain.operator.settings import Settings
 from kubetrain.sdk import download
 

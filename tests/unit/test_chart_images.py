@@ -18,7 +18,8 @@ import yaml
 
 from kubetrain.api.job import TrainingJob
 from kubetrain.localcluster import find_binary
-from kubetrain.operator.render import Placement, fetch_pod, worker_pod
+from kubetrain.operator.placement import Placement
+from kubetrain.operator.render import fetch_pod, worker_pod
 from kubetrain.operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

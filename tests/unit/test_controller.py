@@ -108,3 +108,16 @@ def test_a_pass_that_loses_leadership_stops_and_the_job_waits_for_the_next_pass(
         assert metrics.ERRORS.labels("unexpected")._value.get() == errors
     finally:
         made.stop()
+
+
+def test_the_echo_of_the_operators_own_status_write_queues_no_pass() -> None:
+    made, _ = controller(threading.Event())  # not started: the queue shows what was asked
+    made.job_event({"type": "ADDED", "object": job(5)})
+    assert len(made.queue) == 1 and made.queue.get(timeout=1.0) == ("ns", "a")
+    made.cache.put_job(job(6))  # the response of the pass's status write
+    made.queue.done(("ns", "a"))
+    made.job_event({"type": "MODIFIED", "object": job(6)})  # its echo from the watch
+    made.job_event({"type": "MODIFIED", "object": job(5)})  # a late event, older still
+    assert len(made.queue) == 0
+    made.job_event({"type": "MODIFIED", "object": job(7)})  # a change of someone else's
+    assert len(made.queue) == 1

@@ -31,7 +31,8 @@ from kubetrain.api.report import (
 from kubetrain.api.status import TrainingJobStatus
 from kubetrain.localcluster.pki import report_channel_tls
 from kubetrain.localcluster.ports import free_ports
-from kubetrain.operator.render import Placement, worker_pod
+from kubetrain.operator.placement import Placement
+from kubetrain.operator.render import worker_pod
 from kubetrain.operator.reports import PodIdentity, ReportServer, TokenReviewer, server_context
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import mirror_report

@@ -9,7 +9,8 @@ import pytest
 
 from kubetrain.api.catalogue import DEFAULT_GPU_TYPES, PRODUCT_LABEL, Catalogue
 from kubetrain.api.job import TrainingJob
-from kubetrain.operator.render import PRODUCT_WEIGHT, Placement, worker_pod
+from kubetrain.operator.placement import PRODUCT_WEIGHT, Placement
+from kubetrain.operator.render import worker_pod
 from kubetrain.operator.settings import Settings
 
 

@@ -8,8 +8,9 @@ from typing import Any
 from kubetrain.api.report import EXIT_STOPPED
 from kubetrain.api.status import Phase
 from kubetrain.operator import kueue
+from kubetrain.operator.placement import Placement
 from kubetrain.operator.reconcile.plan import Lookups, Plan, WorkloadAction, plan
-from kubetrain.operator.render import Placement, worker_pod
+from kubetrain.operator.render import worker_pod
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import PodView
 from tests.unit.test_plan import NOW, job, pod, reasons, running

@@ -15,15 +15,15 @@ import pytest
 import yaml
 
 from kubetrain.api.job import TrainingJob
+from kubetrain.operator.placement import Placement
 from kubetrain.operator.render import (
-    Placement,
     checkpoint_claim,
     headless_service,
-    trainer_config,
     trainer_identity,
     worker_pod,
 )
 from kubetrain.operator.settings import Settings
+from kubetrain.operator.trainer_env import trainer_config
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = Settings()

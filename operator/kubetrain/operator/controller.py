@@ -103,6 +103,8 @@ class Controller:
             self.cache.drop_job(key, resource_version(body))
             self._forget(key)
             return
+        if self.cache.knows_job(body):
+            return  # the echo of the operator's own status write: nothing new to act on
         self.cache.put_job(body)
         self.queue.add(key)
 

@@ -6,11 +6,8 @@ reconciler can create them idempotently and tests can compare them with golden f
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any
 
-from kubetrain.api.catalogue import GPUType
 from kubetrain.api.children import (
     ANNOTATION_RESUME_FROM,
     ANNOTATION_WORKERS,
@@ -35,14 +32,21 @@ from kubetrain.api.fetch import (
     fetch_sources,
 )
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.report import ANNOTATION, CHANNEL_AUDIENCE, CHANNEL_PATH, CHANNEL_TOKEN_DIR
+from kubetrain.api.report import ANNOTATION
 from kubetrain.api.spec import ModelType, TrainingJobSpec
 from kubetrain.api.status import Initialization
+from kubetrain.operator.placement import Placement, affinity, resources
 from kubetrain.operator.settings import Settings
+from kubetrain.operator.trainer_env import (
+    CHECKPOINT_MOUNT,
+    DATASET_MOUNT,
+    channel_env,
+    channel_volume,
+    field_env,
+    trainer_env,
+    user_env,
+)
 
-CHECKPOINT_MOUNT = "/checkpoints"
-DATASET_MOUNT = "/data"
-OUTPUT_SUBDIR = "output"
 TRAINER_UID = 1000
 
 JSON = dict[str, Any]
@@ -162,174 +166,6 @@ def headless_service(job: TrainingJob, settings: Settings) -> JSON | None:
     }
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where workers run and what each one requests, resolved from the GPU catalogue."""
-
-    gpu_type: str
-    entry: GPUType
-    gpus_per_worker: int
-    cpu: str | None
-    memory: str | None
-    admitted_labels: tuple[tuple[str, str], ...] = ()
-    """Node labels of the ResourceFlavor Kueue admitted the workers on (none without Kueue)."""
-    admitted_tolerations: tuple[JSON, ...] = ()
-    """Tolerations of that ResourceFlavor."""
-
-    @classmethod
-    def resolve(cls, spec: TrainingJobSpec, gpu_type: str, entry: GPUType) -> Placement:
-        return cls(
-            gpu_type=gpu_type,
-            entry=entry,
-            gpus_per_worker=spec.resources.gpus_per_worker if entry.is_gpu else 0,
-            cpu=spec.resources.cpu or entry.worker_cpu,
-            memory=spec.resources.memory or entry.worker_memory,
-        )
-
-
-def _resources(placement: Placement) -> JSON:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if placement.cpu:
-        requests["cpu"] = placement.cpu
-    if placement.memory:
-        requests["memory"] = limits["memory"] = placement.memory
-    if placement.entry.resource_name and placement.gpus_per_worker:
-        gpus = str(placement.gpus_per_worker)
-        requests[placement.entry.resource_name] = limits[placement.entry.resource_name] = gpus
-    out: JSON = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
-
-
-PRODUCT_WEIGHT = 100
-"""The weight of a preferred product (the most a preference can weigh)."""
-
-
-def _affinity(entry: GPUType) -> JSON | None:
-    """The entry's products on its product label: required with requireProducts, else only
-    preferred (the GPU resource request alone decides where a worker may run)."""
-    if not entry.products:
-        return None
-    term = {
-        "matchExpressions": [
-            {"key": entry.product_label, "operator": "In", "values": list(entry.products)}
-        ]
-    }
-    if entry.require_products:
-        return {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
-            }
-        }
-    preferred = [{"weight": PRODUCT_WEIGHT, "preference": term}]
-    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": preferred}}
-
-
-def _field_env(name: str, path: str) -> JSON:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-
-
-def trainer_config(spec: TrainingJobSpec) -> str:
-    """The spec as the trainer reads it from ``KUBETRAIN_CONFIG``: compact camelCase JSON."""
-    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for operator_only in ("suspend", "resumeFrom", "runPolicy", "env"):
-        data.pop(operator_only, None)
-    return json.dumps(data, separators=(",", ":"), sort_keys=True)
-
-
-def _channel_env(settings: Settings) -> list[JSON]:
-    if not settings.report_channel_url:
-        return []
-    channel = settings.report_channel_interval_seconds
-    return [
-        {"name": "KUBETRAIN_REPORT_URL", "value": _channel_url(settings.report_channel_url)},
-        {"name": "KUBETRAIN_REPORT_CA", "value": settings.report_channel_ca},
-        {"name": "KUBETRAIN_REPORT_TOKEN_FILE", "value": f"{CHANNEL_TOKEN_DIR}/token"},
-        {"name": "KUBETRAIN_REPORT_CHANNEL_INTERVAL_SECONDS", "value": f"{channel:g}"},
-    ]
-
-
-def _channel_volume(settings: Settings) -> tuple[list[JSON], list[JSON]]:
-    """The report token's projected volume and mount (none without the channel)."""
-    if not settings.report_channel_url:
-        return [], []
-    token = {"audience": CHANNEL_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
-    volume = {"name": "report-token", "projected": {"sources": [{"serviceAccountToken": token}]}}
-    return [volume], [{"name": "report-token", "mountPath": CHANNEL_TOKEN_DIR, "readOnly": True}]
-
-
-def _user_env(spec: TrainingJobSpec, env: list[JSON]) -> list[JSON]:
-    """``env`` with spec.env laid over it (a user's variable wins)."""
-    user = [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
-    overridden = {u["name"] for u in user}
-    return [e for e in env if e["name"] not in overridden] + user
-
-
-def _env(
-    job: TrainingJob,
-    index: int,
-    resume_from: str,
-    placement: Placement,
-    settings: Settings,
-    *,
-    fetched: dict[str, str],
-    attempt: int,
-) -> list[JSON]:
-    spec, name = job.spec, _name(job)
-    port, report_interval = settings.master_port, settings.report_interval_seconds
-    workers, per_node = spec.resources.workers, max(placement.gpus_per_worker, 1)
-    env: list[JSON] = [
-        {"name": "KUBETRAIN_JOB_NAME", "value": name},
-        # The attempt and the job's uid fence the checkpoints: a Pod of a superseded attempt,
-        # or of an earlier job of the same name on a kept volume, never commits one that counts.
-        {"name": "KUBETRAIN_JOB_UID", "value": job.metadata.uid or ""},
-        {"name": "KUBETRAIN_ATTEMPT", "value": str(attempt)},
-        _field_env("POD_NAME", "metadata.name"),
-        _field_env("POD_NAMESPACE", "metadata.namespace"),
-        {"name": "KUBETRAIN_CONFIG", "value": trainer_config(spec)},
-        {"name": "KUBETRAIN_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT},
-        {"name": "KUBETRAIN_OUTPUT_DIR", "value": f"{CHECKPOINT_MOUNT}/{OUTPUT_SUBDIR}"},
-        {"name": "KUBETRAIN_PROGRESS_ANNOTATION", "value": ANNOTATION},
-        {"name": "KUBETRAIN_REPORT_INTERVAL_SECONDS", "value": f"{report_interval:g}"},
-        {"name": "RESUME_FROM", "value": resume_from},
-    ]
-    env += _channel_env(settings)
-    dataset = spec.dataset
-    if dataset.pvc is not None:
-        path = f"{DATASET_MOUNT}/{dataset.pvc.sub_path}" if dataset.pvc.sub_path else DATASET_MOUNT
-        env.append({"name": "KUBETRAIN_DATASET_PATH", "value": path})
-    elif dataset.uri is not None and "dataset" not in fetched:
-        env.append({"name": "KUBETRAIN_DATASET_URI", "value": dataset.uri})
-    for source, path in fetched.items():
-        env.append({"name": FETCHED_ENV[source], "value": path})
-    if spec.output is not None:
-        env.append({"name": "KUBETRAIN_OUTPUT_URI", "value": spec.output.uri})
-        if spec.output.credentials is not None:
-            folder = f"{CREDENTIALS_MOUNT}/output"
-            env.append({"name": "KUBETRAIN_OUTPUT_CREDENTIALS_DIR", "value": folder})
-    if fetched:
-        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the fetch stage did the hub's part
-    master = f"{worker_hostname(name, 0)}.{service_name(name)}" if workers > 1 else "localhost"
-    env += [
-        {"name": "MASTER_ADDR", "value": master},
-        {"name": "MASTER_PORT", "value": str(port)},
-        {"name": "NNODES", "value": str(workers)},
-        {"name": "NODE_RANK", "value": str(index)},
-        {"name": "NPROC_PER_NODE", "value": str(per_node)},
-        {"name": "WORLD_SIZE", "value": str(workers * per_node)},
-        {"name": "RANK", "value": str(index * per_node)},
-    ]
-    return _user_env(spec, env)
-
-
-def _channel_url(base: str) -> str:
-    return base.rstrip("/") + CHANNEL_PATH
-
-
 def _image_and_command(spec: TrainingJobSpec, settings: Settings) -> tuple[str, list[str]]:
     images = settings.images
     if spec.model_type is ModelType.VISION:
@@ -375,7 +211,7 @@ def worker_pod(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
-    channel_volumes, channel_mounts = _channel_volume(settings)
+    channel_volumes, channel_mounts = channel_volume(settings)
     volumes += channel_volumes
     mounts += channel_mounts
     if spec.output is not None and spec.output.credentials is not None:
@@ -404,8 +240,10 @@ def worker_pod(
         "image": image,
         "imagePullPolicy": settings.images.pull_policy,
         "command": command,
-        "env": _env(job, index, resume_from, placement, settings, fetched=paths, attempt=attempt),
-        "resources": _resources(placement),
+        "env": trainer_env(
+            job, index, resume_from, placement, settings, fetched=paths, attempt=attempt
+        ),
+        "resources": resources(placement),
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -450,8 +288,8 @@ def _pod_spec(
         pod_spec["nodeSelector"] = dict(placement.entry.node_selector) | dict(
             placement.admitted_labels
         )
-    if affinity := _affinity(placement.entry):
-        pod_spec["affinity"] = affinity
+    if wanted := affinity(placement.entry):
+        pod_spec["affinity"] = wanted
     # A worker on a node that stopped reporting is evicted after lostNodeGraceSeconds (by
     # the node lifecycle controller's taint eviction), and the job restarts elsewhere from
     # its latest checkpoint, instead of the default five minutes.
@@ -470,14 +308,6 @@ def _pod_spec(
 
 def _cache_volume(claim: str, *, read_only: bool) -> JSON:
     return {"name": "cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
-
-
-FETCHED_ENV = {
-    "dataset": "KUBETRAIN_DATASET_PATH",
-    "baseModel": "KUBETRAIN_BASE_MODEL_PATH",
-    "pretrainedWeights": "KUBETRAIN_PRETRAINED_WEIGHTS",
-}
-"""Where a worker finds each fetched source: the variable that names its path."""
 
 
 def fetch_pod(
@@ -514,24 +344,24 @@ def fetch_pod(
             volume = f"credentials-{source.name.lower()}"
             volumes.append({"name": volume, "secret": {"secretName": source.credentials_secret}})
             mounts.append({"name": volume, "mountPath": source.credentials_dir, "readOnly": True})
-    channel_volumes, channel_mounts = _channel_volume(settings)
+    channel_volumes, channel_mounts = channel_volume(settings)
     env: list[JSON] = [
         {"name": "KUBETRAIN_JOB_NAME", "value": name},
-        _field_env("POD_NAME", "metadata.name"),
-        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
         {"name": ENV_PLAN, "value": plan.model_dump_json(by_alias=True, exclude_none=True)},
         {"name": "KUBETRAIN_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT},
         {"name": "KUBETRAIN_PROGRESS_ANNOTATION", "value": ANNOTATION},
         {"name": "KUBETRAIN_REPORT_INTERVAL_SECONDS",
          "value": f"{settings.report_interval_seconds:g}"},
-        *_channel_env(settings),
+        *channel_env(settings),
     ]  # fmt: skip
     container: JSON = {
         "name": "fetch",
         "image": image,
         "imagePullPolicy": settings.images.pull_policy,
         "command": ["python", "-m", "kubetrain.trainer.fetch"],
-        "env": _user_env(spec, env),
+        "env": user_env(spec, env),
         "resources": {
             "requests": {"cpu": settings.fetch_cpu, "memory": settings.fetch_memory},
             "limits": {"memory": settings.fetch_memory},

@@ -13,8 +13,8 @@ from kubetrain.api.status import (
     ResourceUsage,
     allocation_summary,
 )
+from kubetrain.operator.placement import Placement
 from kubetrain.operator.reconcile.decision import Decision
-from kubetrain.operator.render import Placement
 from kubetrain.operator.status import PodView, estimate_remaining
 
 

@@ -85,6 +85,15 @@ class Cache:
                 self._jobs[key] = self._newer(self._jobs.get(key), body)
         return key
 
+    def knows_job(self, body: JSON) -> bool:
+        """Whether the cache holds this job at ``body``'s resourceVersion or a newer one:
+        e.g. the watch's echo of the operator's own status write, already put here by it."""
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        version = resource_version(body)
+        with self._lock:
+            held = self._jobs.get(key)
+        return held is not None and version >= 0 and resource_version(held) >= version
+
     def drop_job(self, key: Key, version: int | None = None) -> None:
         """Forget a deleted job; ``version``: the resourceVersion it was deleted at (by
         default the latest seen)."""

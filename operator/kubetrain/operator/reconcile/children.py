@@ -14,11 +14,11 @@ from typing import Any
 from kubetrain.api.job import TrainingJob
 from kubetrain.operator import kueue
 from kubetrain.operator.kube import Cluster, GoneError, StaleError
+from kubetrain.operator.placement import Placement
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.decision import Plan, WorkloadAction
 from kubetrain.operator.reconcile.refusals import doing
 from kubetrain.operator.render import (
-    Placement,
     checkpoint_claim,
     fetch_pod,
     headless_service,

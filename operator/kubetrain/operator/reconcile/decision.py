@@ -21,8 +21,8 @@ from kubetrain.api.status import (
     TrainingJobStatus,
 )
 from kubetrain.operator.kueue import WorkloadView
+from kubetrain.operator.placement import Placement
 from kubetrain.operator.reconcile.refusals import Refusal
-from kubetrain.operator.render import Placement
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import PodView, set_condition
 

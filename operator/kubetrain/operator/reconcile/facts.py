@@ -22,10 +22,11 @@ from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import Phase, TrainingJobStatus
 from kubetrain.operator import kueue
 from kubetrain.operator.kube import Cluster
+from kubetrain.operator.placement import Placement
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.children import controller_uid
 from kubetrain.operator.reconcile.decision import Lookups
-from kubetrain.operator.render import Placement, worker_pod
+from kubetrain.operator.render import worker_pod
 from kubetrain.operator.settings import Settings
 
 log = logging.getLogger(__name__)

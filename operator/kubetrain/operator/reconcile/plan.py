@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 
 from kubetrain.api.fetch import fetch_sources
 from kubetrain.api.job import TrainingJob
-from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.api.status import ConditionStatus, Phase, TrainingJobStatus
 from kubetrain.api.termination import Termination
+from kubetrain.operator.placement import placement_for
 from kubetrain.operator.reconcile import accounting, admission, attempts, fetching, mirror
 from kubetrain.operator.reconcile.decision import (
     CreationRefused,
@@ -30,7 +30,6 @@ from kubetrain.operator.reconcile.decision import (
     Plan,
     WorkloadAction,
 )
-from kubetrain.operator.render import Placement
 from kubetrain.operator.settings import Settings
 from kubetrain.operator.status import PodView, set_condition
 
@@ -39,13 +38,6 @@ __all__ = ["CreationRefused", "Event", "Lookups", "Plan", "WorkloadAction", "inv
 CREATION_FAILED = "PodCreationFailed"
 DATASET_CLAIM_GRACE = timedelta(seconds=10)
 """How long a job waits for its dataset claim (applied with it, a moment later) to appear."""
-
-
-def placement_for(spec: TrainingJobSpec, settings: Settings) -> Placement | None:
-    """The job's GPU type resolved against the catalogue; None when it is not there."""
-    gpu_type = settings.catalogue.gpu_type_for(spec)
-    entry = settings.catalogue.get(gpu_type)
-    return None if entry is None else Placement.resolve(spec, gpu_type, entry)
 
 
 def plan(

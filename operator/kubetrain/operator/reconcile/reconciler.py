@@ -26,11 +26,12 @@ from kubetrain.api.job import TrainingJob
 from kubetrain.api.status import Phase, TrainingJobStatus
 from kubetrain.operator import metrics
 from kubetrain.operator.kube import Cluster, GoneError, NotLeadingError, StaleError
+from kubetrain.operator.placement import placement_for
 from kubetrain.operator.reconcile.cache import Cache, Key
 from kubetrain.operator.reconcile.children import Children, controller_uid
 from kubetrain.operator.reconcile.decision import CreationRefused, Plan
 from kubetrain.operator.reconcile.facts import Facts
-from kubetrain.operator.reconcile.plan import invalid, placement_for, plan
+from kubetrain.operator.reconcile.plan import invalid, plan
 from kubetrain.operator.reconcile.refusals import Refusal, RefusedError, api_message
 from kubetrain.operator.reconcile.samples import job_sample
 from kubetrain.operator.reconcile.writer import StatusWriter
