@@ -16,7 +16,7 @@ from urllib3.exceptions import HTTPError
 
 from kubetrain.api.base import GROUP, PLURAL, VERSION
 from kubetrain.operator import metrics
-from kubetrain.operator.kueue import KUEUE_GROUP, KUEUE_VERSION, VISIBILITY_GROUP, WORKLOADS
+from kubetrain.operator.kube_kueue import KueueCalls
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -55,12 +55,14 @@ class NotLeadingError(Exception):
     once it renews, or another) takes the job up from the cluster's state."""
 
 
-class Cluster:
+class Cluster(KueueCalls):
     """Typed access to exactly the objects the operator manages.
 
     ``fence`` says whether this replica may write now (the leader's ``Leadership.is_set``);
     every write about jobs and their children asks it first and raises ``NotLeadingError``
     when it may not. None, as standalone, writes always."""
+
+    timeout = TIMEOUT
 
     def __init__(
         self, api_client: client.ApiClient, fence: Callable[[], bool] | None = None
@@ -334,113 +336,3 @@ class Cluster:
             )
         except (HTTPError, OSError) as err:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], err)
-
-    # -- Kueue ---------------------------------------------------------------------------
-
-    def serves_workloads(self) -> bool:
-        """Whether the API server serves Kueue's Workloads (kueue.x-k8s.io/v1beta2)."""
-        try:
-            self.custom.list_cluster_custom_object(
-                KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, limit=1, _request_timeout=TIMEOUT
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
-    def create_workload(self, manifest: JSON) -> JSON | None:
-        """Create a job's Workload; None when one of that name exists already."""
-        meta = manifest["metadata"]
-        self._write("create", f"Workload {meta['namespace']}/{meta['name']}")
-        try:
-            return cast(
-                JSON,
-                self.custom.create_namespaced_custom_object(
-                    KUEUE_GROUP,
-                    KUEUE_VERSION,
-                    meta["namespace"],
-                    WORKLOADS,
-                    manifest,
-                    _request_timeout=TIMEOUT,
-                ),
-            )
-        except ApiException as err:
-            if err.status == 409:
-                return None
-            raise
-
-    def delete_workload(self, namespace: str, name: str) -> None:
-        """Delete a Workload (its quota goes back at once); a missing one is fine."""
-        self._write("delete", f"Workload {namespace}/{name}")
-        try:
-            self.custom.delete_namespaced_custom_object(
-                KUEUE_GROUP, KUEUE_VERSION, namespace, WORKLOADS, name, _request_timeout=TIMEOUT
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
-
-    def replace_workload_status(self, body: JSON) -> JSON:
-        """Write a Workload's status guarded by its resourceVersion (StaleError, GoneError)."""
-        return self._replace_status(KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, body)
-
-    def get_workload(self, namespace: str, name: str) -> JSON | None:
-        self._count("get")
-        try:
-            return cast(
-                JSON,
-                self.custom.get_namespaced_custom_object(
-                    KUEUE_GROUP,
-                    KUEUE_VERSION,
-                    namespace,
-                    WORKLOADS,
-                    name,
-                    _request_timeout=TIMEOUT,
-                ),
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def get_kueue_object(self, plural: str, name: str, namespace: str | None = None) -> JSON | None:
-        """A ResourceFlavor, WorkloadPriorityClass (cluster-scoped) or LocalQueue; None
-        when it does not exist."""
-        self._count("get")
-        try:
-            if namespace is None:
-                found = self.custom.get_cluster_custom_object(
-                    KUEUE_GROUP, KUEUE_VERSION, plural, name, _request_timeout=TIMEOUT
-                )
-            else:
-                found = self.custom.get_namespaced_custom_object(
-                    KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name, _request_timeout=TIMEOUT
-                )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return cast(JSON, found)
-
-    def pending_workloads(self, namespace: str, queue: str, host: str = "") -> list[JSON]:
-        """The LocalQueue's pending Workloads in Kueue's order (its visibility API), through
-        the API server's aggregation or, with ``host``, from the visibility server itself."""
-        api = self.custom.api_client
-        path = (
-            f"/apis/{VISIBILITY_GROUP}/{KUEUE_VERSION}/namespaces/{namespace}/localqueues/"
-            f"{queue}/pendingworkloads"
-        )
-        self._count("get")
-        method, url, headers, _, _ = api.param_serialize(
-            "GET",
-            path,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _host=host or None,
-        )
-        response = api.call_api(method, url, header_params=headers, _request_timeout=TIMEOUT)
-        response.read()
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason)
-        return list(json.loads(response.data).get("items") or [])
