@@ -6,8 +6,16 @@
 # build fails it instead of being quietly completed.
 #
 # Builds are cached under $KUBETRAIN_CACHE (default ~/.cache/kubetrain), keyed by a digest of
-# the tool's go.mod, go.sum, the Go release and the link flags: a change to any of them is a
-# new cache entry, so a cache can never stand in for a build the lock no longer describes.
+# the tool's go.mod, go.sum, the Go release, the link flags and its extra step below (if any):
+# a change to any of them is a new cache entry, so a cache can never stand in for a build the
+# lock no longer describes.
+#
+#   hack/build-binaries.sh [TOOL...]          build these tools (default: all) into bin/
+#   hack/build-binaries.sh --keys [TOOL...]   print their cache entries' names, <tool>-<key>, one
+#                                             a line, and build nothing (hack/setup-ci.sh proves
+#                                             each entry's inputs cold once per machine)
+#
+# TOOL: etcd, kubernetes, helm, kueue, containerd, coredns.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,14 +24,31 @@ source "$root/hack/versions.env"
 bin="$root/bin"
 cache="${KUBETRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetrain}"
 export GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
-mkdir -p "$bin" "$cache"
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+tools=(etcd kubernetes helm kueue containerd coredns)
+mode=build
+[ "${1:-}" = "--keys" ] && mode=keys && shift
+only=("$@")
+for t in "${only[@]}"; do
+  [[ " ${tools[*]} " == *" $t "* ]] || { echo "unknown tool $t (one of: ${tools[*]})" >&2; exit 2; }
+done
+# wanted TOOL: TOOL was asked for (every tool when none was named).
+wanted() {
+  [ ${#only[@]} -eq 0 ] && return 0
+  [[ " ${only[*]} " == *" $1 "* ]]
+}
 
 # key TOOL LDFLAGS: the cache key of a tool's build.
 key() {
   local dir="$root/hack/tools/$1"
-  { cat "$dir/go.mod" "$dir/go.sum"; go env GOVERSION; echo "$2"; } | sha256sum | cut -c1-16
+  {
+    cat "$dir/go.mod" "$dir/go.sum"
+    go env GOVERSION
+    echo "$2"
+    if declare -F "extra_$1" >/dev/null; then declare -f "extra_$1"; fi
+  } | sha256sum | cut -c1-16
 }
 
 # build TOOL LDFLAGS NAME=PACKAGE...: build the packages from hack/tools/TOOL into the cache
@@ -31,8 +56,13 @@ key() {
 build() {
   local tool="$1" ldflags="$2"
   shift 2
+  wanted "$tool" || return 0
   local k entry names=() pkgs=() gonames=() a p
   k="$(key "$tool" "$ldflags")"
+  if [ "$mode" = keys ]; then
+    echo "$tool-$k"
+    return
+  fi
   entry="$cache/$tool-$k"
   for a in "$@"; do
     names+=("${a%%=*}") && p="${a#*=}" && pkgs+=("$p")
@@ -76,6 +106,7 @@ build() {
 }
 
 command -v go >/dev/null || { echo "go is required to build the local cluster's binaries" >&2; exit 1; }
+[ "$mode" = keys ] || mkdir -p "$bin" "$cache"
 started=$SECONDS
 
 build etcd "-s -w" etcd=go.etcd.io/etcd/server/v3
@@ -116,4 +147,6 @@ build containerd "-s -w -X $ctrd/version.Version=$CONTAINERD_VERSION" \
   ctr=$ctrd/cmd/ctr
 build coredns "-s -w" coredns=github.com/coredns/coredns
 
+[ "$mode" = build ] || exit 0
+[ ${#only[@]} -eq 0 ] || { log "built ${only[*]} ($((SECONDS - started))s)"; exit 0; }
 log "bin/ holds kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kueue $KUEUE_VERSION, containerd $CONTAINERD_VERSION, coredns $COREDNS_VERSION ($((SECONDS - started))s)"
