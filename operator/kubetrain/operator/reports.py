@@ -39,7 +39,6 @@ from kubetrain.api.report import (
     MAX_REPORT_BYTES,
     ProgressReport,
     ReportError,
-    decode,
 )
 from kubetrain.operator import metrics
 from kubetrain.operator.report_door import PodBuckets, Pushed, Warned, receive
@@ -69,11 +68,11 @@ PATH = CHANNEL_PATH
 _SIGNIFICANT_FIELDS = ("state", "epoch", "total_epochs", "total_steps", "model", "message")
 
 
-def _significant(old: ProgressReport | None, new: ProgressReport | None) -> bool:
-    """Whether ``new`` says more than progress: a first or unreadable report, or a state,
-    epoch, totals, model or message change. The checkpoint list is ``_new_latest``'s."""
-    if old is None or new is None:
-        return True  # an unreadable one is read at once, so its Warning comes at once
+def _significant(old: ProgressReport | None, new: ProgressReport) -> bool:
+    """Whether ``new`` says more than progress: a first report, or a state, epoch, totals,
+    model or message change. The checkpoint list is ``_new_latest``'s."""
+    if old is None:
+        return True
     return any(getattr(old, f) != getattr(new, f) for f in _SIGNIFICANT_FIELDS)
 
 
@@ -88,8 +87,8 @@ def _new_latest(old: ProgressReport | None, new: ProgressReport) -> bool:
 
 @dataclass(frozen=True)
 class _Kept:
-    text: str
-    report: ProgressReport | None
+    text: Pushed
+    report: ProgressReport
     received_at: datetime
 
 
@@ -97,7 +96,7 @@ class Inbox:
     """The newest pushed report of each worker Pod, by Pod UID, with when it came.
 
     ``put`` says whether a report is significant, to be mirrored into status at once
-    instead of at the status throttle's pace: a first or unreadable report; a state, epoch,
+    instead of at the status throttle's pace: a first report; a state, epoch,
     totals, model or message change; or a newly committed latest checkpoint, at most once
     per ``checkpoint_seconds`` per Pod. Any other change of the checkpoint list (one
     deleted, the list reordered, an older one listed again, or a new one within the
@@ -110,33 +109,25 @@ class Inbox:
         *,
         checkpoint_seconds: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.checkpoint_seconds, self._clock, self._wall = checkpoint_seconds, clock, wall
+        self.checkpoint_seconds, self._clock = checkpoint_seconds, clock
         self._reports: dict[str, _Kept] = {}
         self._checkpoint_at: dict[str, float] = {}  # when a Pod's new checkpoint was last mirrored
         self._lock = threading.Lock()
 
-    def put(self, uid: str, text: str) -> bool:
-        """Keep ``text`` (a ``Pushed`` from the door, or a report's text) as the Pod's
-        report; True when it is a significant change."""
-        if isinstance(text, Pushed):
-            kept = _Kept(text, text.report, text.received_at)
-        else:
-            try:
-                kept = _Kept(text, decode(text), self._wall())
-            except ReportError:
-                kept = _Kept(text, None, self._wall())
+    def put(self, uid: str, pushed: Pushed) -> bool:
+        """Keep ``pushed`` (decoded at the channel's door) as the Pod's report; True when it
+        is a significant change."""
+        kept = _Kept(pushed, pushed.report, pushed.received_at)
         now = self._clock()
         with self._lock:
             old = self._reports.get(uid)
             self._reports[uid] = kept
             before = old.report if old is not None else None
             if _significant(before, kept.report):
-                if kept.report is not None and _new_latest(before, kept.report):
+                if _new_latest(before, kept.report):
                     self._checkpoint_at[uid] = now
                 return True
-            assert kept.report is not None  # else significant
             last = self._checkpoint_at.get(uid)
             if _new_latest(before, kept.report) and (
                 last is None or now - last >= self.checkpoint_seconds
@@ -145,8 +136,8 @@ class Inbox:
                 return True
             return False
 
-    def get(self, uid: str) -> str | None:
-        """The Pod's newest pushed report (a ``Pushed`` when the door took it)."""
+    def get(self, uid: str) -> Pushed | None:
+        """The Pod's newest pushed report, as the door decoded it."""
         with self._lock:
             kept = self._reports.get(uid)
         return kept.text if kept is not None else None

@@ -35,10 +35,9 @@ from kubetrain.operator.reconcile.plan import invalid, plan
 from kubetrain.operator.reconcile.refusals import Refusal, RefusedError, api_message
 from kubetrain.operator.reconcile.samples import job_sample
 from kubetrain.operator.reconcile.writer import StatusWriter
-from kubetrain.operator.report_door import Pushed
 from kubetrain.operator.reports import Inbox, annotation_written_at, newer_pushed
 from kubetrain.operator.settings import Settings
-from kubetrain.operator.status import PodView, observe_pod, with_report
+from kubetrain.operator.status import PodView, observe_pod
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -313,9 +312,7 @@ class Reconciler:
             return pod
         if pod.report and not newer_pushed(received_at, annotation_written_at(body)):
             return pod  # e.g. written by the fallback while this replica was away
-        if isinstance(pushed, Pushed):
-            return replace(pod, report=pushed, decoded=pushed.report, problem=None)
-        return with_report(pod, pushed)
+        return replace(pod, report=pushed, decoded=pushed.report, problem=None)
 
     def _next_look(self, decided: Plan, wait: float | None, *, running: bool) -> float | None:
         if wait is not None:
