@@ -550,3 +550,14 @@ def test_a_body_the_models_reject_fails_once_per_generation() -> None:
     again = invalid(first.status, 3, "spec.training.learningRate: too big", NOW)
     assert again.events == [] and again.status == first.status
     assert reasons(invalid(first.status, 4, "spec.x: bad", NOW)) == ["InvalidSpec"]
+
+
+def test_a_job_failed_for_refused_creations_keeps_saying_why() -> None:
+    refused = CreationRefused("could not create Pod j-worker-0: quota", NOW + timedelta(seconds=5))
+    first = plan(job(), [], now=NOW, settings=SETTINGS, lookups=Lookups(creation_refused=refused))
+    stored = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    limit = Refusal("FailedCreatePod", f"{refused.message} (refused 10 times in a row)", 1)
+    failed = plan(job(stored), [], now=NOW, settings=SETTINGS, lookups=Lookups(refusal=limit))
+    assert failed.status.phase is Phase.FAILED
+    held = failed.status.condition("PodCreationFailed")
+    assert held is not None and held.status is ConditionStatus.TRUE

@@ -185,14 +185,14 @@ def _creation(d: Decision) -> None:
     words (and an Event when they change) while refused, the creation held until its retry
     is due; False once every Pod of the attempt was created."""
     refused, old = d.lookups.creation_refused, d.st.condition(CREATION_FAILED)
+    if d.st.phase in (Phase.FAILED, Phase.COMPLETED, Phase.STOPPED):
+        return  # the last word stays (a job failed for it keeps saying why)
     if refused is None:
         if old is not None and old.status is ConditionStatus.TRUE:
             d.condition(
                 CREATION_FAILED, ConditionStatus.FALSE, "PodsCreated",
                 "every worker Pod of the attempt was created",
             )  # fmt: skip
-        return
-    if d.st.phase in (Phase.FAILED, Phase.COMPLETED, Phase.STOPPED):
         return
     if old is None or (old.status, old.message) != (ConditionStatus.TRUE, refused.message):
         d.event("FailedCreatePod", refused.message, warning=True)
