@@ -160,3 +160,20 @@ def test_only_the_pods_ready_condition_changes() -> None:
     ]
     assert after["metadata"] == before["metadata"]
     assert pods_ready(before)["status"] == "True", "the body given is left as it was"
+
+
+@pytest.mark.parametrize("before", [("True", "Started"), ("False", "WaitForRecovery")])
+def test_a_released_workload_waits_for_a_new_start(before: tuple[str, str]) -> None:
+    """The release clears the admission, and PodsReady with it (the job framework writes
+    False/WaitForStart for a Workload no longer admitted): after the next admission Kueue
+    times a new start, not a recovery, and a True left over would hide a stuck start."""
+    released = kueue.released(body(pods_ready=before), "Preempted", "preempted", NOW)
+    wl = kueue.view(released)
+    assert not wl.admitted and (wl.pods_ready, wl.pods_ready_reason) == (False, "WaitForStart")
+    assert not kueue.pods_ready_changes(wl, False)
+    assert pods_ready(released)["message"] == "Not all pods are ready or succeeded"
+
+
+def test_a_release_adds_no_pods_ready_condition_where_there_was_none() -> None:
+    released = kueue.released(body(), "Preempted", "preempted", NOW)
+    assert all(c["type"] != "PodsReady" for c in released["status"]["conditions"])

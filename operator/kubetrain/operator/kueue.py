@@ -244,7 +244,9 @@ def _set(
 
 def released(body: JSON, reason: str, message: str, now: datetime) -> JSON:
     """``body`` with its admission cleared after an eviction: quota back to the
-    ClusterQueue, and back in the queue when Kueue requeues that kind of eviction."""
+    ClusterQueue, and back in the queue when Kueue requeues that kind of eviction. A
+    PodsReady condition goes back to False/WaitForStart, as the job framework writes it for
+    a Workload no longer admitted: the next admission is a new start, timed from itself."""
     status = dict(body.get("status") or {})
     status.pop("admission", None)
     generation = body["metadata"].get("generation")
@@ -262,6 +264,9 @@ def released(body: JSON, reason: str, message: str, now: datetime) -> JSON:
             "The workload has no reservation",
             **at,
         )
+    if any(c.get("type") == PODS_READY for c in conditions):
+        waiting = _PODS_READY_MESSAGES[WAIT_FOR_START]
+        conditions = _set(conditions, PODS_READY, "False", WAIT_FOR_START, waiting, **at)
     status["conditions"] = conditions
     return dict(body, status=status)
 
