@@ -55,7 +55,7 @@ cold() {
   mkdir -p "$fresh"
   log "$component: not proven cold here: building it from empty caches"
   # bin/ holding this build already (a checkout set up before) must not stand in for it.
-  grep -lx "$component" bin/.*.key 2>/dev/null | xargs -r rm -f
+  { grep -lx "$component" bin/.*.key 2>/dev/null || true; } | xargs -r rm -f
   env KUBETRAIN_CACHE="$fresh/cache" GOMODCACHE="$fresh/gomod" GOCACHE="$fresh/gocache" \
     PIP_CACHE_DIR="$fresh/pip" UV_CACHE_DIR="$fresh/uv" GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
     "$@"
