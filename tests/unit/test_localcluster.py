@@ -18,8 +18,10 @@ from kubernetes import client, config
 
 from kubetrain.localcluster import ClusterError, ControlPlane, find_binary, pki
 from kubetrain.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
+from kubetrain.localcluster.kueue import configuration
 from kubetrain.localcluster.ports import free_ports, is_listening
 from kubetrain.localcluster.processes import pid_is, stop_pid
+from kubetrain.operator.settings import Settings
 
 
 def test_kubeconfig_round_trips_through_the_kubernetes_client(tmp_path: Path) -> None:
@@ -172,3 +174,14 @@ def test_stop_pid_terminates_then_kills_and_spares_other_executables() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_local_kueue_waits_for_pods_ready_with_room_for_a_graceful_restart() -> None:
+    """waitForPodsReady on, as Kueue v0.19 has it: a start timed well under the tests' jobs,
+    a recovery that outlasts the workers' grace period (a failed worker stops the group)."""
+    wait = configuration(1, 2, 3, 4)["waitForPodsReady"]
+    seconds = {k: int(wait[k].removesuffix("s")) for k in ("timeout", "recoveryTimeout")}
+    assert 0 < seconds["timeout"] <= 30
+    assert seconds["recoveryTimeout"] > Settings().termination_grace_period_seconds + 30
+    assert wait["requeuingStrategy"]["timestamp"] == "Eviction"
+    assert "backoffLimitCount" not in wait["requeuingStrategy"]  # never deactivated here

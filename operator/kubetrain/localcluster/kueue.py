@@ -12,6 +12,11 @@ listens on loopback:
   into a root of its own under the cluster's workdir, where those paths hold certificates
   issued here. Nothing is written to the machine's ``/etc``.
 
+waitForPodsReady is on, as Kueue v0.19 has it by default and as clusters run it
+(``WAIT_FOR_PODS_READY``): an admitted Workload whose controller does not mark it
+``PodsReady`` in time is evicted, so a job that never reports its workers running shows in
+the tests as an eviction.
+
 Only the webhooks of Kueue's own resources (and of batch/v1 Jobs, the one job integration
 enabled) are registered: a webhook with no handler behind it would refuse every object it
 covers.
@@ -50,6 +55,32 @@ EXTERNAL_FRAMEWORK = f"{KIND}.{VERSION}.{GROUP}"
 """TrainingJobs admit themselves through Workloads they own (kubetrain's operator); Kueue
 is told, so its Pod integration never takes their Pods for plain Pods."""
 _GROUPS = {"kueue.x-k8s.io", "batch"}
+WAIT_FOR_PODS_READY: dict[str, Any] = {
+    # Admission -> every worker running takes about a second here (bench/bench_kueue.py:
+    # 1.31 s; the fetch stage runs before admission): 30 s leaves a loaded CI run ample room,
+    # and is shorter than the e2e quota test's first two jobs stay admitted (about 45 s), so
+    # an operator that never marks PodsReady has them evicted while the test watches.
+    # (Kueue's default is 30 minutes: room for image pulls and node scale-up.)
+    "timeout": "30s",
+    # After a worker fails the job's other workers stop with their grace period
+    # (trainer.terminationGracePeriodSeconds, 120 s by default) before the next attempt
+    # starts: the recovery timeout must outlast that, with room to start the new workers.
+    "recoveryTimeout": "180s",
+    # Admission is all or nothing already (the Workload holds every worker) and there is
+    # one node: blocking the queue until each job runs would only serialize the tests.
+    "blockAdmission": False,
+    "requeuingStrategy": {
+        # A Workload evicted for its pods is queued again behind those waiting since
+        # (Kueue's default), after a backoff of 10 s, doubling to at most 5 minutes (Kueue:
+        # 60 s to an hour, long for a test); no backoffLimitCount: requeued until it runs,
+        # never deactivated (the operator shows deactivation only as a wait in the queue).
+        "timestamp": "Eviction",
+        "backoffBaseSeconds": 10,
+        "backoffMaxSeconds": 300,
+    },
+}
+"""Kueue's waitForPodsReady here (config.kueue.x-k8s.io/v1beta2 WaitForPodsReady: present is
+on; Kueue v0.19 turns it on with a 30-minute timeout when the block is absent)."""
 
 
 def manifests_dir(bin_dir: Path | None = None) -> Path:
@@ -78,6 +109,7 @@ def configuration(health: int, metrics: int, webhook: int, visibility: int) -> d
             "externalFrameworks": [EXTERNAL_FRAMEWORK],
         },
         "clientConnection": {"qps": 100, "burst": 200},
+        "waitForPodsReady": WAIT_FOR_PODS_READY,
     }
 
 
