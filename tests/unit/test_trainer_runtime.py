@@ -14,7 +14,7 @@ import pytest
 
 from kubetrain.api.report import EXIT_PERMANENT, EXIT_STOPPED, read_permanent
 from kubetrain.trainer.config import Distributed
-from kubetrain.trainer.launch import child_env, fold
+from kubetrain.trainer.launch import child_env, fold, standalone
 from kubetrain.trainer.runtime import (
     MAX_MESSAGE_BYTES,
     Outcome,
@@ -111,9 +111,46 @@ def test_the_outcome_of_several_processes() -> None:
     assert fold([0, 143], ["", ""]).code == EXIT_STOPPED
     failed = fold([143, 1], ["stopped", "dataset too small"], first_rank=2)
     assert failed == Outcome.failed("rank 3 failed (exit code 1): dataset too small")
-    assert (
-        fold([-9, 0], ["", ""]).message == "rank 0 failed (killed by signal 9): killed by signal 9"
+    assert fold([-9, 0], ["", ""]).message == "rank 0 was killed by SIGKILL: no message, no stderr"
+
+
+def test_a_failure_names_the_rank_that_died_first_not_the_peers_that_lost_it() -> None:
+    """Rank 2 vanished (SIGKILL, no message of its own); 0, 1 and 3 then failed in a
+    collective. The Pod's message is rank 2's end and its last words on stderr."""
+    peer_lost = "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:4021"
+    tails = ["", "", "step 7 loss 2.1\nloading eval batch 3\n", ""]
+    failed = fold(
+        [1, 1, -9, 1], [peer_lost, peer_lost, "", peer_lost], order=[2, 0, 3, 1], tails=tails
     )
+    assert failed == Outcome.failed(
+        "rank 2 was killed by SIGKILL (then rank 0, 1, 3 failed too): "
+        "step 7 loss 2.1 | loading eval batch 3"
+    )
+    early = fold([1, 0], [peer_lost, "completed"], order=[1, 0], first_rank=4)
+    assert early.message == (
+        f"rank 4 failed (exit code 1) (after rank 5 had exited with code 0): {peer_lost}"
+    )
+
+
+def test_a_rank_s_stderr_tail_in_the_message_is_bounded() -> None:
+    tail = "".join(f"line {i} " + "x" * 100 + "\n" for i in range(1000))
+    message = fold([-6], [""], order=[0], tails=[tail]).message
+    assert message.startswith("rank 0 was killed by SIGABRT: ") and message.endswith(
+        "line 999 " + "x" * 100
+    )
+    assert len(message.encode()) < 1400
+
+
+def test_a_one_pod_job_meets_on_a_loopback_port_of_its_own() -> None:
+    """The rendezvous store listens on every address: Pods sharing a host's network (the local
+    cluster) must not all use the job's MASTER_PORT, or a second job meets the first's store."""
+    one_pod = Distributed(
+        world_size=4, nproc_per_node=4, master_addr="job-0.job", master_port=29500
+    )
+    mine = standalone(one_pod)
+    assert (mine.master_addr, mine.world_size) == ("127.0.0.1", 4) and mine.master_port != 29500
+    two_pods = Distributed(world_size=8, nproc_per_node=4, nnodes=2, master_addr="m", master_port=5)
+    assert standalone(two_pods) == two_pods
 
 
 def test_each_child_gets_torchrun_variables(tmp_path: Path) -> None:
@@ -131,10 +168,17 @@ CHILD = textwrap.dedent(
     import os, pathlib, signal, sys, time
     rank = int(os.environ["LOCAL_RANK"])
     log = pathlib.Path(os.environ["KUBETRAIN_TERMINATION_LOG"])
+    mode = os.environ.get("FAIL_MODE", "exit")
     if rank == int(os.environ.get("FAIL_RANK", "-1")):
+        if mode == "kill":  # vanishes: no message, a last word on stderr
+            print("rank %d: evaluating batch 3" % rank, file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
         log.write_text("boom on rank %d" % rank)
         sys.exit(1)
     def stop(*_):
+        if mode == "kill":  # what a peer of a vanished rank says
+            log.write_text("RuntimeError: [gloo] Connection closed by peer")
+            sys.exit(1)
         log.write_text("stopped at step 3 (rank %d)" % rank)
         sys.exit(143)
     signal.signal(signal.SIGTERM, stop)
@@ -195,3 +239,16 @@ def test_when_one_rank_fails_the_launcher_stops_the_others_and_fails(tmp_path: P
     assert (
         tmp_path / "termination-log"
     ).read_text() == "rank 1 failed (exit code 1): boom on rank 1\n"
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_its_last_words(tmp_path: Path) -> None:
+    """Rank 1 dies by SIGKILL after a line on stderr; rank 0 then fails on the lost peer. The
+    Pod's termination message names rank 1, the signal and that line."""
+    process, _ = start_launcher(tmp_path, FAIL_RANK="1", FAIL_MODE="kill")
+    try:
+        assert process.wait(60) == 1
+    finally:
+        process.kill()
+    assert (tmp_path / "termination-log").read_text() == (
+        "rank 1 was killed by SIGKILL (then rank 0 failed too): rank 1: evaluating batch 3\n"
+    )
