@@ -194,13 +194,36 @@ def test_the_review_cache_is_bounded() -> None:
 
 
 class Sink:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail, self.sent = fail, []
+    def __init__(self, fail: bool = False, status: int = 503, retry_after: float = 0.0) -> None:
+        self.fail, self.sent, self.status, self.retry_after = fail, [], status, retry_after
+        self.tried: list[int] = []
 
     def send(self, text: str) -> None:
+        self.tried.append(json.loads(text)["step"])
         if self.fail:
-            raise ChannelError("answered 503 not the leading replica")
+            raise ChannelError(f"answered {self.status}", self.status, self.retry_after)
         self.sent.append(json.loads(text)["step"])
+
+
+def test_a_rate_limited_trainer_waits_out_retry_after_and_writes_nothing_to_its_pod() -> None:
+    now = [0.0]
+    push, pod = Sink(fail=True, status=429, retry_after=10), Sink()
+    sink = ChannelSink(push, pod, fallback_interval=0, clock=lambda: now[0])
+    for step in range(1, 6):  # a report every 5 s
+        sink.send(text(step=step))
+        now[0] += 5
+    assert pod.sent == []  # no etcd write to get round the limit
+    assert push.tried == [1, 3, 5]  # the channel again each time Retry-After has passed
+    sink.send(text(step=6, state="completed"))  # a last word still reaches the Pod
+    assert pod.sent == [6] and sink.refused == 3
+
+
+def test_a_malformed_report_is_not_patched_onto_the_pod_instead() -> None:
+    push, pod = Sink(fail=True, status=400), Sink()
+    sink = ChannelSink(push, pod, fallback_interval=0, clock=lambda: 0.0)
+    sink.send(text(step=1))
+    sink.send(text(step=2))
+    assert pod.sent == [] and push.tried == [1, 2] and sink.refused == 2
 
 
 def test_the_channel_is_used_while_it_answers_and_final_words_also_go_to_the_pod() -> None:

@@ -95,6 +95,17 @@ class PodAnnotationSink:
 class ChannelError(RuntimeError):
     """The report channel did not take the report (its HTTP status, or no answer)."""
 
+    def __init__(self, message: str, status: int | None = None, retry_after: float = 0.0):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+    @property
+    def refused(self) -> bool:
+        """The channel is up and refused this report for its own sake (400 malformed, 413
+        too large) or its pace (429): the annotation would be no better, and a write to
+        etcd to get round a rate limit is the write the channel exists to spare."""
+        return self.status in (400, 413, 429)
+
 
 @dataclass(frozen=True)
 class Channel:
@@ -140,7 +151,15 @@ class PushSink:
             raise ChannelError(f"no answer from {self.channel.url}: {err}") from None
         if answer.status >= 300:
             detail = answer.data[:200].decode(errors="replace")
-            raise ChannelError(f"{self.channel.url} answered {answer.status} {detail}".rstrip())
+            try:
+                wait = float(answer.headers.get("Retry-After") or 0.0)
+            except ValueError:
+                wait = 0.0
+            raise ChannelError(
+                f"{self.channel.url} answered {answer.status} {detail}".rstrip(),
+                answer.status,
+                retry_after=wait,
+            )
 
 
 _DURABLE_STATES = frozenset({"completed", "failed", "stopping"})
@@ -159,7 +178,9 @@ class ChannelSink:
 
     A report that ends the trainer's run (completed, failed, stopping) goes to the
     annotation as well, so it outlives an operator restart. On the fallback, reports keep to
-    the annotation interval; the channel is tried again after ``retry_after`` seconds.
+    the annotation interval; the channel is tried again after ``retry_after`` seconds. A
+    channel that answers but refuses a report (malformed, too large, too fast) is up: the
+    report does not go round it to the annotation.
     """
 
     def __init__(
@@ -178,8 +199,9 @@ class ChannelSink:
             clock,
         )
         self._down_until = 0.0
+        self._paced_until = 0.0  # a 429's Retry-After: the channel is up, only pacing us
         self._last_annotation = -float("inf")
-        self.pushed = self.annotated = self.skipped = 0
+        self.pushed = self.annotated = self.skipped = self.refused = 0
 
     def send(self, text: str) -> None:
         durable = _durable(text)
@@ -187,21 +209,44 @@ class ChannelSink:
         if now >= self._down_until:
             try:
                 self.push.send(text)
+            except ChannelError as err:
+                if err.refused:
+                    self._refused(text, err, now, durable=durable)
+                    return
+                self._down(err, now)
             except Exception as err:
-                log.warning(
-                    "report channel unavailable (%s); using the Pod annotation for %.0fs",
-                    err, self.retry_after,
-                )  # fmt: skip
-                self._down_until = now + self.retry_after
+                self._down(err, now)
             else:
                 self.pushed += 1
                 if durable:
                     self._annotate(text, now)
                 return
-        if durable or now - self._last_annotation >= self.fallback_interval:
+        paced = now < self._paced_until  # rate-limited, not down: no annotation either
+        if durable or (not paced and now - self._last_annotation >= self.fallback_interval):
             self._annotate(text, now)
         else:
             self.skipped += 1  # a newer report follows within the annotation interval
+
+    def _down(self, err: Exception, now: float) -> None:
+        log.warning(
+            "report channel unavailable (%s); using the Pod annotation for %.0fs",
+            err, self.retry_after,
+        )  # fmt: skip
+        self._down_until = now + self.retry_after
+
+    def _refused(self, text: str, err: ChannelError, now: float, *, durable: bool) -> None:
+        """A report the channel refused (it is up): not patched onto the Pod instead. A
+        rate-limited one waits out Retry-After (a newer report follows); a malformed one is
+        dropped (the operator posted a Warning with the reason). A last word still goes to
+        the annotation, where it must be for an operator that restarts."""
+        self.refused += 1
+        if err.status == 429:
+            self._down_until = now + max(err.retry_after, 1.0)
+            self._paced_until = self._down_until
+        else:
+            log.warning("the report channel refused a report: %s", err)
+        if durable:
+            self._annotate(text, now)
 
     def _annotate(self, text: str, now: float) -> None:
         self.annotation.send(text)
