@@ -307,6 +307,13 @@ def main() -> int:
             after, cpu1, reports1 = operator_metrics(port), cpu_seconds(operator.pid), reports[0]
             stop.set()
             rss = rss_mb(operator.pid)
+            posted: dict[str, int] = {}  # the operator's Events of the window, by reason
+            window_start = datetime.now(UTC).timestamp() - elapsed
+            for event in core.list_namespaced_event(NS).items:
+                at = event.last_timestamp or event.event_time or event.first_timestamp
+                if at is not None and at.timestamp() >= window_start - 1:
+                    reason = event.reason or ""
+                    posted[reason] = posted.get(reason, 0) + (event.count or 1)
         finally:
             operator.terminate()
             stopping = time.monotonic()
@@ -345,6 +352,10 @@ def main() -> int:
         f"{abs(operator_writes - per_job.get('status', 0.0)):.1f})   goal <= {GOAL:g} "
         f"(ratio {total / GOAL:.1f}x)"
     )
+    verbs = ", ".join(f"{verb} {per_job.get(verb, 0.0):.2f}" for verb in WRITES)
+    print(f"  the operator's writes by verb, per running job per minute: {verbs}")
+    events = ", ".join(f"{r} {c}" for r, c in sorted(posted.items())) or "none"
+    print(f"  Events posted in the window: {events}")
     print(
         f"  all jobs: {total * n / 60:.0f} writes/s to the API server, "
         f"{total * 1000 / 60:.0f} writes/s at 1,000 jobs at this rate"
