@@ -163,6 +163,17 @@ class Queues:
     def condition(self, job: str, kind: str) -> dict[str, Any]:
         return _condition(self.workload(job).get("status") or {}, kind)
 
+    def pods_ready(self, job: str, status: str, reason: str, operator: OperatorProcess) -> None:
+        """Wait for the job's Workload's PodsReady condition (written after the job's phase):
+        Kueue's waitForPodsReady evicts an admitted Workload that does not get it."""
+
+        def written() -> bool:
+            found = self.condition(job, "PodsReady")
+            return (found.get("status"), found.get("reason")) == (status, reason)
+
+        what = f"{job}'s Workload PodsReady={status} ({reason})"
+        wait_for(written, what, TIMEOUT, operator)
+
 
 @pytest.fixture
 def queues(
@@ -283,6 +294,7 @@ def test_two_workers_start_together_or_not_at_all(
 
     queues.set_gpus(2)
     job.until(lambda s: s.get("phase") == "Running", "Running once the quota fits both")
+    queues.pods_ready("pair", "True", "Started", kueue_operator)
     admitted = queues.condition("pair", "Admitted")
     pods = _pods(job)
     names = sorted(p.metadata.name for p in pods)
@@ -325,6 +337,7 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoin
         return found if found.get("status") == "False" else None
 
     released = wait_for(quota_released, "low's Workload released", TIMEOUT, kueue_operator)
+    queues.pods_ready("low", "False", "WaitForStart", kueue_operator)  # its next start is new
     written = datetime.fromisoformat(at_preemption["createdAt"].replace("Z", "+00:00"))
     given_back = datetime.fromisoformat(released["lastTransitionTime"].replace("Z", "+00:00"))
     assert given_back >= written.replace(microsecond=0), (given_back, written)
@@ -334,6 +347,7 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoin
     high.until(lambda s: s.get("phase") == "Completed", "the high-priority job completes")
     resumed = low.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", "resumed")
     assert resumed["resumedFrom"] == "latest"
+    queues.pods_ready("low", "True", "Started", kueue_operator)
     done = low.until(lambda s: s.get("phase") == "Completed", "Completed after the resume")
     assert done["failures"] == 0 and done["restarts"] == 1
     after = [_step(s) for s in low.seen if s.get("attempt") == 2 and _step(s)]
