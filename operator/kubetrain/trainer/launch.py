@@ -198,7 +198,7 @@ def _wait_all(
         failed = [i for i in ended if children[i].returncode not in (EXIT_COMPLETED, EXIT_STOPPED)]
         if failed and deadline is None:
             log.error(
-                "rank %d %s; stopping the others",
+                "local rank %d %s; stopping the others",
                 failed[0],
                 describe(children[failed[0]].returncode),
             )
