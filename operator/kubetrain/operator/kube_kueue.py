@@ -85,49 +85,15 @@ class KueueCalls:
         return self._replace_status(KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, body)
 
     def get_workload(self: _Calls, namespace: str, name: str) -> JSON | None:
-        self._count("get")
-        try:
-            return cast(
-                JSON,
-                self.custom.get_namespaced_custom_object(
-                    KUEUE_GROUP,
-                    KUEUE_VERSION,
-                    namespace,
-                    WORKLOADS,
-                    name,
-                    _request_timeout=self.timeout,
-                ),
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        """The job's Workload as stored now; None when it does not exist."""
+        return _get(self, WORKLOADS, name, namespace)
 
     def get_kueue_object(
         self: _Calls, plural: str, name: str, namespace: str | None = None
     ) -> JSON | None:
         """A ResourceFlavor, WorkloadPriorityClass (cluster-scoped) or LocalQueue; None
         when it does not exist."""
-        self._count("get")
-        try:
-            if namespace is None:
-                found = self.custom.get_cluster_custom_object(
-                    KUEUE_GROUP, KUEUE_VERSION, plural, name, _request_timeout=self.timeout
-                )
-            else:
-                found = self.custom.get_namespaced_custom_object(
-                    KUEUE_GROUP,
-                    KUEUE_VERSION,
-                    namespace,
-                    plural,
-                    name,
-                    _request_timeout=self.timeout,
-                )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return cast(JSON, found)
+        return _get(self, plural, name, namespace)
 
     def pending_workloads(self: _Calls, namespace: str, queue: str, host: str = "") -> list[JSON]:
         """The LocalQueue's pending Workloads in Kueue's order (its visibility API), through
@@ -150,3 +116,22 @@ class KueueCalls:
         if not 200 <= response.status < 300:
             raise ApiException(status=response.status, reason=response.reason)
         return list(json.loads(response.data).get("items") or [])
+
+
+def _get(calls: _Calls, plural: str, name: str, namespace: str | None) -> JSON | None:
+    """A Kueue object (namespaced where ``namespace`` is given); None when it does not exist."""
+    calls._count("get")
+    try:
+        if namespace is None:
+            found = calls.custom.get_cluster_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, plural, name, _request_timeout=calls.timeout
+            )
+        else:
+            found = calls.custom.get_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name, _request_timeout=calls.timeout
+            )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return cast(JSON, found)
