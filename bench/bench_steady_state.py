@@ -255,6 +255,7 @@ def main() -> int:
             # Staleness: each second, how long each job's status has lagged its trainer (the
             # age of the oldest report not yet in status); and report -> status for checkpoints.
             shown: dict[str, int] = {}
+            phases: dict[str, str] = {}
             lag: list[float] = []
             checkpoint_delay: list[float] = []
             measuring = threading.Event()
@@ -276,6 +277,7 @@ def main() -> int:
                     name = obj["metadata"]["name"]
                     status = obj.get("status") or {}
                     shown[name] = (status.get("progress") or {}).get("currentStep") or 0
+                    phases[name] = status.get("phase") or ""
                     made = checkpoints.pop((name, status.get("latestCheckpoint") or ""), None)
                     if measuring.is_set() and made is not None:
                         checkpoint_delay.append(time.monotonic() - made)
@@ -298,7 +300,17 @@ def main() -> int:
             threading.Thread(target=trainers, daemon=True).start()
             threading.Thread(target=watch_jobs, daemon=True).start()
             threading.Thread(target=sample, daemon=True).start()
-            time.sleep(2 * interval)  # warm up: every job reported twice, status caught up
+            # Warm up until the jobs' start is taken in (at 1,000 jobs the operator is still
+            # recording it well after the Pods run): every job Running in status, or no more
+            # of them for two report intervals; then each reported twice more.
+            deadline, settled = time.monotonic() + 300, time.monotonic() + 2 * interval
+            running = 0
+            while running < n and time.monotonic() < min(settled, deadline):
+                time.sleep(0.5)
+                now_running = sum(phases.get(m) == "Running" for m in names)
+                if now_running > running:
+                    running, settled = now_running, time.monotonic() + 2 * interval
+            time.sleep(2 * interval)
             before, cpu0, reports0 = operator_metrics(port), cpu_seconds(operator.pid), reports[0]
             measuring.set()
             started = time.monotonic()
@@ -336,7 +348,8 @@ def main() -> int:
     print(
         f"steady state: {n} running jobs, trainers reporting every {interval:g}s ({how}), "
         f"status at most every {defaults.status_interval_seconds:g}s, {elapsed:.0f}s measured, "
-        f"{args.unrelated} unrelated Pods in the cluster"
+        f"{args.unrelated} unrelated Pods in the cluster; {running} of the {n} jobs Running in "
+        "status when the window opened"
     )
     if push:
         pushed = after.get("pushed", 0.0) - before.get("pushed", 0.0)
