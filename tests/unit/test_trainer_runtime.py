@@ -132,6 +132,16 @@ def test_a_failure_names_the_rank_that_died_first_not_the_peers_that_lost_it() -
     )
 
 
+def test_a_rank_the_launcher_stopped_for_anothers_failure_is_stopped_not_failed() -> None:
+    """Rank 1 failed; the launcher then SIGTERMed rank 0 before its handler was up (a loaded
+    machine), or SIGKILLed it at the peer timeout: rank 0 did not fail, it was stopped."""
+    for code in (-15, -9):
+        failed = fold([code, 1], ["", "boom"], order=[1, 0], signalled={0})
+        assert failed.message == "rank 1 failed (exit code 1): boom"
+    own = fold([1, 1], ["lost the peer", "boom"], order=[1, 0], signalled={0})
+    assert own.message == "rank 1 failed (exit code 1) (then rank 0 failed too): boom"
+
+
 def test_a_rank_s_stderr_tail_in_the_message_is_bounded() -> None:
     tail = "".join(f"line {i} " + "x" * 100 + "\n" for i in range(1000))
     message = fold([-6], [""], order=[0], tails=[tail]).message
@@ -249,6 +259,8 @@ def test_a_rank_killed_by_a_signal_is_named_with_its_last_words(tmp_path: Path) 
         assert process.wait(60) == 1
     finally:
         process.kill()
-    assert (tmp_path / "termination-log").read_text() == (
-        "rank 1 was killed by SIGKILL (then rank 0 failed too): rank 1: evaluating batch 3\n"
-    )
+    said = (tmp_path / "termination-log").read_text()
+    # Rank 0 fails on the lost peer when its SIGTERM handler was up in time ("then rank 0
+    # failed too"); before it, the launcher's SIGTERM stops it: either way rank 1 is named.
+    assert said.startswith("rank 1 was killed by SIGKILL")
+    assert said.endswith(": rank 1: evaluating batch 3\n")

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -143,7 +143,7 @@ def launch(
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            _wait_all(children, exits, peer_exit_timeout)
+            signalled = _wait_all(children, exits, peer_exit_timeout)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -155,6 +155,7 @@ def launch(
         stop_requested=bool(stop_requested),
         order=exits.order(),
         tails=[tail.text() for tail in tails],
+        signalled=signalled,
     )
 
 
@@ -189,10 +190,12 @@ class Exits:
 
 def _wait_all(
     children: list[subprocess.Popen[bytes]], exits: Exits, peer_exit_timeout: float
-) -> None:
-    """Wait for every child; once one fails, SIGTERM the others and SIGKILL them after a timeout."""
+) -> set[int]:
+    """Wait for every child; once one fails, SIGTERM the others and SIGKILL them after a
+    timeout. The children it signalled so (local ranks)."""
     deadline: float | None = None
     ended: list[int] = []
+    signalled: set[int] = set()
     while len(ended) < len(children):
         ended = exits.wait(len(ended), 0.5)
         failed = [i for i in ended if children[i].returncode not in (EXIT_COMPLETED, EXIT_STOPPED)]
@@ -202,9 +205,10 @@ def _wait_all(
                 failed[0],
                 describe(children[failed[0]].returncode),
             )
-            for child in children:
+            for local, child in enumerate(children):
                 if child.poll() is None:
                     child.send_signal(signal.SIGTERM)
+                    signalled.add(local)
             deadline = time.monotonic() + peer_exit_timeout
         if deadline is not None and time.monotonic() > deadline:
             for child in children:
@@ -212,6 +216,7 @@ def _wait_all(
                     child.kill()
     for child in children:
         child.wait()
+    return signalled
 
 
 def describe(code: int) -> str:
@@ -233,14 +238,21 @@ def fold(
     stop_requested: bool = False,
     order: Sequence[int] | None = None,
     tails: Sequence[str] | None = None,
+    signalled: Collection[int] = (),
 ) -> Outcome:
     """One outcome from the children's: a failure fails, else any stop stops, else completed.
     A failure names the first rank to fail (in ``order``, the order the children ended; else a
     rank's own error before one killed by a signal), how it ended and why: its termination
     message, else the end of its stderr. A child killed by the stop signal it was forwarded
-    (before it could handle it) has nothing to lose: that counts as stopped."""
+    (before it could handle it) has nothing to lose: that counts as stopped. So does one the
+    launcher itself stopped, after another failed (``signalled``), that died of that signal:
+    it did not fail, it was stopped for the one that did."""
     stop_signals = (-signal.SIGTERM, -signal.SIGINT) if stop_requested else ()
-    codes = [EXIT_STOPPED if code in stop_signals else code for code in codes]
+    ours = (-signal.SIGTERM, -signal.SIGKILL)
+    codes = [
+        EXIT_STOPPED if code in stop_signals or (i in signalled and code in ours) else code
+        for i, code in enumerate(codes)
+    ]
     failures = [i for i, code in enumerate(codes) if code not in (EXIT_COMPLETED, EXIT_STOPPED)]
     if failures:
         if order is not None and (ranked := [i for i in order if i in failures]):
