@@ -55,7 +55,18 @@ class Job:
                 raise AssertionError(f"{self.name} failed: {status.get('conditions')}")
             return status if check(status) else None
 
-        return until(probe, f"{self.name}: {what}", TIMEOUT)
+        try:
+            return until(probe, f"{self.name}: {what}", TIMEOUT)
+        except AssertionError as err:  # say where the job stood, and what its Pods were
+            last = self.seen[-1] if self.seen else {}
+            pods = self.core.list_namespaced_pod(
+                self.ns, label_selector=f"kubetrain.io/job-name={self.name}"
+            ).items
+            seen = [(p.metadata.name, p.status.phase, p.metadata.deletion_timestamp) for p in pods]
+            raise AssertionError(
+                f"{err}; last status: phase {last.get('phase')}, attempt {last.get('attempt')}, "
+                f"conditions {last.get('conditions')}; Pods: {seen}"
+            ) from None
 
     def patch(self, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
