@@ -190,9 +190,13 @@ def test_a_lora_job_stops_with_a_checkpoint_resumes_from_it_and_completes(
     real_cluster: RealCluster, shipped: Release, jobs: str, tmp_path: Path
 ) -> None:
     job = Job(real_cluster, jobs, "lora")
-    job.create(_tiny_lora(samples=2048, epochs=2, interval=32))  # 460 steps
+    # 1,840 steps: the trainer runs 460 in about 15 s here, and status may show its first
+    # checkpoint only seconds later (a leader that just took over): the suspend must still
+    # find it training.
+    job.create(_tiny_lora(samples=8192, epochs=2, interval=32))
     # Suspend: SIGTERM through the kubelet, a checkpoint where it stopped; resume from it.
-    job.until(lambda s: _step(s) >= 40 and s.get("latestCheckpoint"), "a checkpoint")
+    running = job.until(lambda s: _step(s) >= 40 and s.get("latestCheckpoint"), "a checkpoint")
+    assert running.get("phase") == "Running", f"the job ended before the suspend: {running}"
     job.patch({"suspend": True})
     stopped = job.until(lambda s: s.get("phase") == "Stopped", "Stopped")
     at = _step(stopped)
